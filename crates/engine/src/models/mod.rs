@@ -1,0 +1,7 @@
+//! The networks of Stable Diffusion, each loaded from its diffusers `config.json` and weights.
+
+pub mod blocks;
+pub mod clip;
+pub mod config;
+pub mod unet;
+pub mod vae;

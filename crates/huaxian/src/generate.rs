@@ -1,0 +1,183 @@
+//! `huaxian generate`: load a model, render, write PNGs with their parameters.
+
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use huaxian_engine::image_io::{grid, png_with_parameters, read_image};
+use huaxian_engine::pipeline::{self, parameters_text, InitImage, Request};
+use huaxian_engine::{LoadOptions, SamplerKind, StableDiffusion};
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::{Device, Kind};
+
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// A diffusers folder (with model_index.json) or a single-file .safetensors checkpoint.
+    #[arg(long)]
+    model: PathBuf,
+    /// For a single-file checkpoint: a diffusers folder whose configs, tokenizer and
+    /// scheduler to use instead of the family defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative: String,
+    /// Image i uses seed + i. Random when absent; the seed used is printed.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm.
+    #[arg(long, default_value = "euler_a")]
+    sampler: String,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 7.0)]
+    guidance: f64,
+    #[arg(long, default_value_t = 512)]
+    width: i64,
+    #[arg(long, default_value_t = 512)]
+    height: i64,
+    /// Images to render in one batch.
+    #[arg(long, default_value_t = 4)]
+    count: usize,
+    /// Skip this many final text-encoder layers.
+    #[arg(long, default_value_t = 0)]
+    clip_skip: usize,
+    /// Start from this image (image-to-image).
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// How far from the init image to go: 0 keeps it, 1 ignores it.
+    #[arg(long, default_value_t = 0.6)]
+    strength: f64,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Folder for image-<i>.png and grid.png.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn parse_device(text: &str) -> Result<Device> {
+    let device = match text {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Device::Cuda(n),
+            _ => bail!("unknown device `{other}`: use cpu, cuda or cuda:N"),
+        },
+    };
+    if let Device::Cuda(n) = device {
+        let available = tch::Cuda::device_count() as usize;
+        if n >= available {
+            bail!(
+                "device `{text}` is not available: this machine's libtorch sees {available} CUDA \
+                 device(s); use --device cpu or a CUDA build of libtorch"
+            );
+        }
+    }
+    Ok(device)
+}
+
+pub fn parse_dtype(text: &str) -> Result<Kind> {
+    Ok(match text {
+        "f32" | "fp32" | "float32" => Kind::Float,
+        "f16" | "fp16" | "float16" => Kind::Half,
+        "bf16" | "bfloat16" => Kind::BFloat16,
+        other => bail!("unknown dtype `{other}`: use f32, f16 or bf16"),
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let sampler: SamplerKind = args.sampler.parse()?;
+    let device = parse_device(&args.device)?;
+    let kind = parse_dtype(&args.dtype)?;
+    if kind != Kind::Float && device == Device::Cpu {
+        bail!("--dtype {} needs a GPU; on the CPU use --dtype f32", args.dtype);
+    }
+    if !args.model.exists() {
+        bail!("model `{}` does not exist", args.model.display());
+    }
+    let init = match &args.init_image {
+        Some(path) => Some(InitImage {
+            image: read_image(path)?,
+            strength: args.strength,
+        }),
+        None => None,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
+
+    let options = LoadOptions {
+        device,
+        kind,
+        config_dir: args.config.clone(),
+    };
+    let model = StableDiffusion::load(&args.model, &options)?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let request = Request {
+        prompt: args.prompt,
+        negative: args.negative,
+        width: args.width,
+        height: args.height,
+        steps: args.steps,
+        sampler,
+        guidance: args.guidance,
+        seed,
+        count: args.count,
+        clip_skip: args.clip_skip,
+        init,
+    };
+    request.validate(&model)?;
+
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(request.steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut progress = |info: &pipeline::StepInfo| {
+        bar.set_length(info.steps as u64);
+        bar.set_position(info.step as u64);
+        ControlFlow::Continue(())
+    };
+    let outputs = pipeline::generate(&model, std::slice::from_ref(&request), &mut progress)?;
+    bar.finish_and_clear();
+
+    let output = outputs.into_iter().next().context("the pipeline returned no output")?;
+    for (i, (image, seed)) in output.images.iter().zip(&output.seeds).enumerate() {
+        let path = args.out.join(format!("image-{i}.png"));
+        let png = png_with_parameters(image, &parameters_text(&model, &request, *seed))?;
+        std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if output.images.len() == 4 {
+        let path = args.out.join("grid.png");
+        let png = png_with_parameters(&grid(&output.images)?, &parameters_text(&model, &request, seed))?;
+        std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if output.prompt_tokens > 75 {
+        eprintln!(
+            "note: the prompt has {} tokens; it was encoded in {} windows of 75",
+            output.prompt_tokens,
+            output.prompt_tokens.div_ceil(75)
+        );
+    }
+    println!("seed {seed}: wrote {} image(s) to {}", output.images.len(), args.out.display());
+    Ok(())
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish() % (1u64 << 32)
+}
