@@ -83,8 +83,12 @@ impl GroupNorm {
     pub fn load(w: &WeightPath, groups: i64, channels: i64, eps: f64) -> Result<Self> {
         if groups <= 0 || channels % groups != 0 {
             return Err(crate::Error::bad_model(
-                std::path::PathBuf::from("config.json"),
-                format!("{channels} channels cannot be split into {groups} norm groups"),
+                w.origin(),
+                format!(
+                    "`{}`: {channels} channels cannot be split into {groups} norm groups; check \
+                     norm_num_groups in config.json",
+                    w.prefix()
+                ),
             ));
         }
         Ok(GroupNorm {

@@ -132,6 +132,7 @@ pub fn infer_configs(file: &SafetensorsFile, family: Family) -> Result<(UNetConf
         "cross_attention_dim": context,
         "attention_head_dim": heads,
         "use_linear_projection": linear,
+        "norm_num_groups": norm_groups(&layout.channels),
     }))
     .map_err(|e| Error::bad_model(file.path(), format!("cannot infer the UNet config: {e}")))?;
 
@@ -148,6 +149,7 @@ pub fn infer_configs(file: &SafetensorsFile, family: Family) -> Result<(UNetConf
         "block_out_channels": vae_channels,
         "layers_per_block": vae_layers,
         "latent_channels": latent,
+        "norm_num_groups": norm_groups(&vae_channels),
     }))
     .map_err(|e| Error::bad_model(file.path(), format!("cannot infer the VAE config: {e}")))?;
 
@@ -190,6 +192,19 @@ pub fn infer_configs(file: &SafetensorsFile, family: Family) -> Result<(UNetConf
         }
     };
     Ok((unet, vae, clip))
+}
+
+/// Every SD release normalises in 32 groups; smaller test models can't, so take the largest
+/// group count up to 32 that divides every level.
+fn norm_groups(channels: &[i64]) -> i64 {
+    fn gcd(a: i64, b: i64) -> i64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    channels.iter().fold(32, |g, &c| gcd(g, c)).max(1)
 }
 
 /// Diffusers UNet names served from the original layout.

@@ -86,7 +86,10 @@ impl ClipTokenizer {
             vocab.into_iter().enumerate().map(|(i, t)| (t, i as u32)).collect();
         let bad = |e: String| Error::InvalidRequest(format!("CLIP vocabulary: {e}"));
         let model = clip_bpe(BPE::builder().vocab_and_merges(ids, merges)).map_err(|e| bad(e.to_string()))?;
-        let inner = clip_pipeline(model).map_err(bad)?;
+        let mut inner = clip_pipeline(model).map_err(bad)?;
+        // transformers registers the pad token as special, so SD 2.x's `!` pad is split out of
+        // prompts like the others; matching that keeps ids equal to a diffusers folder's.
+        inner.add_special_tokens(&[AddedToken::from(pad, true)]);
         let id = |token: &str| {
             inner
                 .token_to_id(token)

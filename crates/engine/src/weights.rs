@@ -424,6 +424,14 @@ impl<'a> WeightPath<'a> {
         self.weights.kind
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn origin(&self) -> PathBuf {
+        self.weights.origin()
+    }
+
     pub fn device(&self) -> Device {
         self.weights.device
     }
