@@ -377,3 +377,30 @@ fn strength_picks_the_first_step() {
     assert_eq!(sampler.begin_index_for_strength(0.0), 20);
     assert_eq!(sampler.begin_index_for_strength(7.0), 0);
 }
+
+#[test]
+fn samplers_stay_on_the_device() {
+    if !tch::Cuda::is_available() {
+        return;
+    }
+    let cuda = tch::Device::Cuda(0);
+    for &kind in SamplerKind::all() {
+        let run = |device: tch::Device| -> Tensor {
+            let mut sampler = Sampler::new(kind, &sd15(), 6).unwrap();
+            let options = (Kind::Float, tch::Device::Cpu);
+            let eps = Tensor::ones([2, 4, 8, 8], options).to_device(device);
+            let noise = (Tensor::ones([2, 4, 8, 8], options) * 0.5).to_device(device);
+            let mut latents = eps.shallow_clone() * sampler.init_noise_sigma();
+            let timesteps = sampler.timesteps().to_vec();
+            for (step, &timestep) in timesteps.iter().enumerate() {
+                let output = model(&eps, &sampler.scale_model_input(&latents, step), timestep);
+                let mut draw = || Ok(noise.shallow_clone());
+                latents = sampler.step(&output, step, &latents, &mut draw).unwrap();
+                assert_eq!(latents.device(), device, "{kind}");
+            }
+            latents.to_device(tch::Device::Cpu)
+        };
+        let diff = max_diff(&run(cuda), &run(tch::Device::Cpu));
+        assert!(diff < 1e-4, "{kind}: CUDA and CPU differ by {diff:e}");
+    }
+}

@@ -87,19 +87,28 @@ pub struct SchedulerConfig {
     pub prediction_type: Option<String>,
     pub timestep_spacing: Option<String>,
     pub steps_offset: Option<i64>,
+    #[serde(deserialize_with = "null_is_false")]
     pub set_alpha_to_one: Option<bool>,
+    #[serde(deserialize_with = "null_is_false")]
     pub clip_sample: Option<bool>,
     #[serde(deserialize_with = "lenient_f64")]
     pub clip_sample_range: Option<f64>,
+    #[serde(deserialize_with = "null_is_false")]
     pub thresholding: Option<bool>,
+    #[serde(deserialize_with = "null_is_false")]
     pub rescale_betas_zero_snr: Option<bool>,
     pub interpolation_type: Option<String>,
     pub timestep_type: Option<String>,
     pub final_sigmas_type: Option<String>,
+    #[serde(deserialize_with = "null_is_false")]
     pub use_karras_sigmas: Option<bool>,
+    #[serde(deserialize_with = "null_is_false")]
     pub use_exponential_sigmas: Option<bool>,
+    #[serde(deserialize_with = "null_is_false")]
     pub use_beta_sigmas: Option<bool>,
+    #[serde(deserialize_with = "null_is_false")]
     pub use_lu_lambdas: Option<bool>,
+    #[serde(deserialize_with = "null_is_false")]
     pub use_flow_sigmas: Option<bool>,
     #[serde(deserialize_with = "lenient_f64")]
     pub sigma_min: Option<f64>,
@@ -108,7 +117,9 @@ pub struct SchedulerConfig {
     pub solver_order: Option<usize>,
     pub algorithm_type: Option<String>,
     pub solver_type: Option<String>,
+    #[serde(deserialize_with = "null_is_false")]
     pub lower_order_final: Option<bool>,
+    #[serde(deserialize_with = "null_is_false")]
     pub euler_at_final: Option<bool>,
     #[serde(deserialize_with = "lenient_f64")]
     pub lambda_min_clipped: Option<f64>,
@@ -256,6 +267,14 @@ impl SchedulerConfig {
     }
 }
 
+/// An explicit `null` reaches the diffusers class as `None`, which it treats as false; only
+/// a missing key takes the class default.
+fn null_is_false<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
+    Ok(Some(
+        Option::<bool>::deserialize(deserializer)?.unwrap_or(false),
+    ))
+}
+
 /// Accepts a number, or one of the strings `quote_non_finite` makes of Python's non-finite
 /// floats.
 fn lenient_f64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
@@ -323,6 +342,16 @@ mod tests {
             SchedulerConfig::from_json(r#"{"lambda_min_clipped": -Infinity, "x": "NaN-ish"}"#)
                 .unwrap();
         assert_eq!(config.lambda_min_clipped, Some(f64::NEG_INFINITY));
+    }
+
+    #[test]
+    fn null_flags_are_false() {
+        let config = SchedulerConfig::from_json(r#"{"clip_sample": null}"#).unwrap();
+        assert_eq!(config.clip_range(Class::Ddim), None);
+        assert_eq!(
+            SchedulerConfig::default().clip_range(Class::Ddim),
+            Some(1.0)
+        );
     }
 
     #[test]

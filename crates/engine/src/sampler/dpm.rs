@@ -133,7 +133,8 @@ impl Dpm {
             config.steps_offset(),
         );
 
-        // Only these schedules round the fitted timesteps; all are then truncated to integers.
+        // diffusers rounds timesteps fitted to Karras or Lu sigmas, except on the cosine
+        // schedule, and then truncates every timestep to an integer.
         let cosine = config.beta_schedule.as_deref() == Some("squaredcos_cap_v2");
         let fitted = |sigmas: &[f64], round: bool| -> Vec<i64> {
             sigmas

@@ -88,7 +88,7 @@ fn rescale_zero_terminal_snr(betas: &Tensor) -> Result<Tensor> {
     Ok(alphas.f_rsub_scalar(1.0)?)
 }
 
-/// The Karras-style sigma table `sqrt((1 - alphas_cumprod) / alphas_cumprod)`, float32.
+/// The sigma of each training step, `sqrt((1 - alphas_cumprod) / alphas_cumprod)`, in float32.
 pub(crate) fn sigma_table(alphas_cumprod: &[f32]) -> Vec<f32> {
     alphas_cumprod
         .iter()
