@@ -68,7 +68,8 @@ pub fn tokenizer_and_scheduler(family: Family) -> Result<(ClipTokenizer, Schedul
 /// GPT-2's reversible byte → printable character table, in CLIP's vocabulary order: the
 /// printable bytes keep their own character, the rest map to 256 onwards.
 fn byte_symbols() -> Vec<char> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut order: Vec<(u32, char)> = (0u32..256)
         .filter(|&b| printable(b))
         .map(|b| (b, char::from_u32(b).unwrap_or('?')))

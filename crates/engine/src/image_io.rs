@@ -19,7 +19,9 @@ pub const MAX_INPUT_BYTES: u64 = 512 << 20;
 pub fn tensor_to_images(images: &Tensor) -> Result<Vec<RgbImage>> {
     let (b, c, h, w) = images.size4()?;
     if c != 3 {
-        return Err(Error::InvalidRequest(format!("expected 3 channels, got {c}")));
+        return Err(Error::InvalidRequest(format!(
+            "expected 3 channels, got {c}"
+        )));
     }
     let pixels = (images.to_kind(Kind::Float) / 2.0 + 0.5)
         .clamp(0.0, 1.0)
@@ -94,7 +96,9 @@ pub fn fit(image: &RgbImage, width: u32, height: u32) -> RgbImage {
 /// 3 bottom right, as U1–U4 number them.
 pub fn grid(images: &[RgbImage]) -> Result<RgbImage> {
     let [a, ..] = images else {
-        return Err(Error::InvalidRequest("a grid needs four images, got none".into()));
+        return Err(Error::InvalidRequest(
+            "a grid needs four images, got none".into(),
+        ));
     };
     if images.len() != 4 || images.iter().any(|i| i.dimensions() != a.dimensions()) {
         return Err(Error::InvalidRequest(format!(
@@ -114,7 +118,10 @@ pub fn grid(images: &[RgbImage]) -> Result<RgbImage> {
 /// One quadrant of a 2×2 grid (index 0–3), the inverse of [`grid`].
 pub fn quadrant(grid: &RgbImage, index: u32) -> Result<RgbImage> {
     if index > 3 {
-        return Err(Error::InvalidRequest(format!("grid image {} does not exist; use 1–4", index + 1)));
+        return Err(Error::InvalidRequest(format!(
+            "grid image {} does not exist; use 1–4",
+            index + 1
+        )));
     }
     let (w, h) = (grid.width() / 2, grid.height() / 2);
     Ok(imageops::crop_imm(grid, (index % 2) * w, (index / 2) * h, w, h).to_image())

@@ -106,17 +106,25 @@ fn load_folder(dir: &Path, options: &LoadOptions) -> Result<StableDiffusion> {
         if path.is_dir() {
             Ok(path)
         } else {
-            Err(Error::bad_model(dir, format!("component folder `{name}/` is missing")))
+            Err(Error::bad_model(
+                dir,
+                format!("component folder `{name}/` is missing"),
+            ))
         }
     };
 
     let tokenizer = ClipTokenizer::from_dir(&component("tokenizer")?)?;
-    let scheduler = SchedulerConfig::from_file(&component("scheduler")?.join("scheduler_config.json"))?;
+    let scheduler =
+        SchedulerConfig::from_file(&component("scheduler")?.join("scheduler_config.json"))?;
 
     let text_dir = component("text_encoder")?;
     let clip_config: ClipConfig = read_json(&text_dir.join("config.json"))?;
     let text_encoder = {
-        let weights = Weights::open(&weight_file(&text_dir, "model", options.kind)?, options.kind, options.device)?;
+        let weights = Weights::open(
+            &weight_file(&text_dir, "model", options.kind)?,
+            options.kind,
+            options.device,
+        )?;
         ClipTextEncoder::load(clip_config, &weights)?
     };
 
@@ -133,7 +141,11 @@ fn load_folder(dir: &Path, options: &LoadOptions) -> Result<StableDiffusion> {
     let vae_config: VaeConfig = read_json(&vae_dir.join("config.json"))?;
     let vae_kind = vae_kind(&vae_config, options.kind);
     let vae = {
-        let weights = Weights::open(&weight_file(&vae_dir, "diffusion_pytorch_model", vae_kind)?, vae_kind, options.device)?;
+        let weights = Weights::open(
+            &weight_file(&vae_dir, "diffusion_pytorch_model", vae_kind)?,
+            vae_kind,
+            options.device,
+        )?;
         Vae::load(vae_config, &weights)?
     };
 
@@ -175,7 +187,11 @@ fn weight_file(dir: &Path, stem: &str, kind: Kind) -> Result<PathBuf> {
             return Ok(path);
         }
     }
-    for pickle in [format!("{stem}.bin"), format!("{stem}.fp16.bin"), format!("{stem}.ckpt")] {
+    for pickle in [
+        format!("{stem}.bin"),
+        format!("{stem}.fp16.bin"),
+        format!("{stem}.ckpt"),
+    ] {
         let path = dir.join(pickle);
         if path.is_file() {
             refuse_pickle(&path)?;

@@ -82,13 +82,22 @@ impl Request {
             }
         }
         if self.steps == 0 || self.steps > 1000 {
-            return bad(format!("steps must be between 1 and 1000, got {}", self.steps));
+            return bad(format!(
+                "steps must be between 1 and 1000, got {}",
+                self.steps
+            ));
         }
         if self.count == 0 || self.count > MAX_COUNT {
-            return bad(format!("count must be between 1 and {MAX_COUNT}, got {}", self.count));
+            return bad(format!(
+                "count must be between 1 and {MAX_COUNT}, got {}",
+                self.count
+            ));
         }
         if !self.guidance.is_finite() || !(0.0..=100.0).contains(&self.guidance) {
-            return bad(format!("guidance must be between 0 and 100, got {}", self.guidance));
+            return bad(format!(
+                "guidance must be between 0 and 100, got {}",
+                self.guidance
+            ));
         }
         if let Some(init) = &self.init {
             if !(init.strength > 0.0 && init.strength <= 1.0) {
@@ -123,7 +132,9 @@ impl StepInfo<'_> {
     pub fn preview(&self, index: usize) -> Result<Vec<RgbImage>> {
         match self.latents.get(index) {
             Some(l) => latent_preview(l),
-            None => Err(Error::InvalidRequest(format!("no request {index} in this batch"))),
+            None => Err(Error::InvalidRequest(format!(
+                "no request {index} in this batch"
+            ))),
         }
     }
 }
@@ -139,7 +150,11 @@ pub struct Output {
 
 /// The text conditioning of one request: `[2, tokens, width]` (negative, positive) or
 /// `[1, tokens, width]` without guidance.
-fn encode_prompts(model: &StableDiffusion, request: &Request, guided: bool) -> Result<(Tensor, usize)> {
+fn encode_prompts(
+    model: &StableDiffusion,
+    request: &Request,
+    guided: bool,
+) -> Result<(Tensor, usize)> {
     let tokenizer = &model.tokenizer;
     let positive = tokenizer.encode_chunked(&request.prompt, 1)?;
     let negative = tokenizer.encode_chunked(&request.negative, positive.windows.len())?;
@@ -149,7 +164,11 @@ fn encode_prompts(model: &StableDiffusion, request: &Request, guided: bool) -> R
     let encode = |ids: &[Vec<u32>], skip: usize| -> Result<Tensor> {
         let parts = ids
             .iter()
-            .map(|w| model.text_encoder.forward(&ids_tensor(w, model.device), skip))
+            .map(|w| {
+                model
+                    .text_encoder
+                    .forward(&ids_tensor(w, model.device), skip)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 1))
     };
@@ -253,7 +272,10 @@ pub fn generate(
         let input = Tensor::cat(&inputs, 0).to_kind(model.kind);
         let t = Tensor::from_slice(&timesteps).to_device(device);
         let context = expand_context(&context, requests, guided);
-        let output = model.unet.forward(&input, &t, &context).to_kind(Kind::Float);
+        let output = model
+            .unet
+            .forward(&input, &t, &context)
+            .to_kind(Kind::Float);
 
         let mut offset = 0;
         for (i, request) in requests.iter().enumerate() {
@@ -275,7 +297,9 @@ pub fn generate(
             let generators = &mut rngs[i];
             let shape = latent_shape;
             let mut noise = || batch_randn(generators, &shape, device);
-            latents[i] = samplers[i].0.step(&prediction, step, &latents[i], &mut noise)?;
+            latents[i] = samplers[i]
+                .0
+                .step(&prediction, step, &latents[i], &mut noise)?;
         }
 
         let info = StepInfo {
@@ -301,7 +325,9 @@ pub fn generate(
         }
         outputs.push(Output {
             images,
-            seeds: (0..request.count as u64).map(|i| request.seed.wrapping_add(i)).collect(),
+            seeds: (0..request.count as u64)
+                .map(|i| request.seed.wrapping_add(i))
+                .collect(),
             prompt_tokens: tokens,
         });
     }

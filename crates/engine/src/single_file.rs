@@ -30,14 +30,18 @@ pub enum Family {
 
 /// Detects SD 1.x vs 2.x from the text encoder's layout and the cross-attention width.
 pub fn detect_family(file: &SafetensorsFile) -> Result<Family> {
-    if file.contains(&format!("{CLIP_2X}transformer.resblocks.0.attn.in_proj_weight")) {
+    if file.contains(&format!(
+        "{CLIP_2X}transformer.resblocks.0.attn.in_proj_weight"
+    )) {
         return Ok(Family::Sd2);
     }
     let clip_1x = format!("{CLIP_1X}text_model.final_layer_norm.weight");
     if file.contains(&clip_1x) {
         return Ok(Family::Sd1);
     }
-    if !file.contains(&format!("{UNET}conv_in.weight")) && !file.contains(&format!("{UNET}input_blocks.0.0.weight")) {
+    if !file.contains(&format!("{UNET}conv_in.weight"))
+        && !file.contains(&format!("{UNET}input_blocks.0.0.weight"))
+    {
         return Err(Error::bad_model(
             file.path(),
             "not a Stable Diffusion checkpoint: no `model.diffusion_model.*` tensors",
@@ -65,7 +69,9 @@ fn unet_layout(file: &SafetensorsFile) -> Result<UNetLayout> {
         .filter_map(|n| {
             let rest = n.strip_prefix(&format!("{UNET}input_blocks."))?;
             let (index, tail) = rest.split_once('.')?;
-            (tail == "0.op.weight").then(|| index.parse().ok()).flatten()
+            (tail == "0.op.weight")
+                .then(|| index.parse().ok())
+                .flatten()
         })
         .collect();
     downsamplers.sort_unstable();
@@ -98,14 +104,19 @@ fn unet_layout(file: &SafetensorsFile) -> Result<UNetLayout> {
 
 /// Configs for a checkpoint with no config folder, from its shapes and the family's
 /// published hyperparameters (heads of 64 channels for SD 2.x, 8 heads for SD 1.x).
-pub fn infer_configs(file: &SafetensorsFile, family: Family) -> Result<(UNetConfig, VaeConfig, ClipConfig)> {
+pub fn infer_configs(
+    file: &SafetensorsFile,
+    family: Family,
+) -> Result<(UNetConfig, VaeConfig, ClipConfig)> {
     let layout = unet_layout(file)?;
     let missing = |k: &str| Error::bad_model(file.path(), format!("tensor `{k}` is missing"));
     let shape = |k: String| file.shape(&k).ok_or_else(|| missing(&k));
 
     let attn_level = layout.attention.iter().position(|&a| a).unwrap_or(0);
     let n = 1 + attn_level * (layout.layers + 1);
-    let context = shape(format!("{UNET}input_blocks.{n}.1.transformer_blocks.0.attn2.to_k.weight"))?[1];
+    let context = shape(format!(
+        "{UNET}input_blocks.{n}.1.transformer_blocks.0.attn2.to_k.weight"
+    ))?[1];
     let linear = shape(format!("{UNET}input_blocks.{n}.1.proj_in.weight"))?.len() == 2;
     let heads: Vec<i64> = match family {
         Family::Sd1 => vec![8; layout.levels],
@@ -114,7 +125,14 @@ pub fn infer_configs(file: &SafetensorsFile, family: Family) -> Result<(UNetConf
     let down: Vec<String> = layout
         .attention
         .iter()
-        .map(|&a| if a { "CrossAttnDownBlock2D" } else { "DownBlock2D" }.to_string())
+        .map(|&a| {
+            if a {
+                "CrossAttnDownBlock2D"
+            } else {
+                "DownBlock2D"
+            }
+            .to_string()
+        })
         .collect();
     let up: Vec<String> = layout
         .attention
@@ -137,11 +155,16 @@ pub fn infer_configs(file: &SafetensorsFile, family: Family) -> Result<(UNetConf
     .map_err(|e| Error::bad_model(file.path(), format!("cannot infer the UNet config: {e}")))?;
 
     let mut vae_channels = Vec::new();
-    while let Some(s) = file.shape(&format!("{VAE}encoder.down.{}.block.0.conv1.weight", vae_channels.len())) {
+    while let Some(s) = file.shape(&format!(
+        "{VAE}encoder.down.{}.block.0.conv1.weight",
+        vae_channels.len()
+    )) {
         vae_channels.push(s[0]);
     }
     let mut vae_layers = 0;
-    while file.contains(&format!("{VAE}encoder.down.0.block.{vae_layers}.conv1.weight")) {
+    while file.contains(&format!(
+        "{VAE}encoder.down.0.block.{vae_layers}.conv1.weight"
+    )) {
         vae_layers += 1;
     }
     let latent = shape(format!("{VAE}decoder.conv_in.weight"))?[1];
@@ -167,7 +190,8 @@ pub fn infer_configs(file: &SafetensorsFile, family: Family) -> Result<(UNetConf
                 intermediate_size: shape(format!("{p}encoder.layers.0.mlp.fc1.weight"))?[0],
                 num_attention_heads: (embed[1] / 64).max(1),
                 num_hidden_layers: layers,
-                max_position_embeddings: shape(format!("{p}embeddings.position_embedding.weight"))?[0],
+                max_position_embeddings: shape(format!("{p}embeddings.position_embedding.weight"))?
+                    [0],
                 hidden_act: "quick_gelu".into(),
                 layer_norm_eps: 1e-5,
             }
@@ -175,13 +199,17 @@ pub fn infer_configs(file: &SafetensorsFile, family: Family) -> Result<(UNetConf
         Family::Sd2 => {
             let embed = shape(format!("{CLIP_2X}token_embedding.weight"))?;
             let mut layers: usize = 0;
-            while file.contains(&format!("{CLIP_2X}transformer.resblocks.{layers}.ln_1.weight")) {
+            while file.contains(&format!(
+                "{CLIP_2X}transformer.resblocks.{layers}.ln_1.weight"
+            )) {
                 layers += 1;
             }
             ClipConfig {
                 vocab_size: embed[0],
                 hidden_size: embed[1],
-                intermediate_size: shape(format!("{CLIP_2X}transformer.resblocks.0.mlp.c_fc.weight"))?[0],
+                intermediate_size: shape(format!(
+                    "{CLIP_2X}transformer.resblocks.0.mlp.c_fc.weight"
+                ))?[0],
                 num_attention_heads: (embed[1] / 64).max(1),
                 // SD 2.x conditions on the penultimate layer: the last one is never loaded.
                 num_hidden_layers: layers.saturating_sub(1),
@@ -208,7 +236,10 @@ fn norm_groups(channels: &[i64]) -> i64 {
 }
 
 /// Diffusers UNet names served from the original layout.
-pub fn unet_aliases(file: &SafetensorsFile, config: &UNetConfig) -> Result<HashMap<String, Source>> {
+pub fn unet_aliases(
+    file: &SafetensorsFile,
+    config: &UNetConfig,
+) -> Result<HashMap<String, Source>> {
     let layout = unet_layout(file)?;
     let blocks = config.block_out_channels.len();
     let layers = config.layers_per_block.expand(blocks, "layers_per_block")?;
@@ -235,25 +266,43 @@ pub fn unet_aliases(file: &SafetensorsFile, config: &UNetConfig) -> Result<HashM
     for level in 0..blocks {
         for j in 0..per {
             let n = 1 + level * (per + 1) + j;
-            map.push((format!("input_blocks.{n}.0"), format!("down_blocks.{level}.resnets.{j}")));
-            map.push((format!("input_blocks.{n}.1"), format!("down_blocks.{level}.attentions.{j}")));
+            map.push((
+                format!("input_blocks.{n}.0"),
+                format!("down_blocks.{level}.resnets.{j}"),
+            ));
+            map.push((
+                format!("input_blocks.{n}.1"),
+                format!("down_blocks.{level}.attentions.{j}"),
+            ));
         }
         if level + 1 < blocks {
             let n = 1 + level * (per + 1) + per;
-            map.push((format!("input_blocks.{n}.0.op"), format!("down_blocks.{level}.downsamplers.0.conv")));
+            map.push((
+                format!("input_blocks.{n}.0.op"),
+                format!("down_blocks.{level}.downsamplers.0.conv"),
+            ));
         }
     }
     for level in 0..blocks {
         let has_attention = config.up_block_types[level] == "CrossAttnUpBlock2D";
         for j in 0..=per {
             let n = level * (per + 1) + j;
-            map.push((format!("output_blocks.{n}.0"), format!("up_blocks.{level}.resnets.{j}")));
+            map.push((
+                format!("output_blocks.{n}.0"),
+                format!("up_blocks.{level}.resnets.{j}"),
+            ));
             if has_attention {
-                map.push((format!("output_blocks.{n}.1"), format!("up_blocks.{level}.attentions.{j}")));
+                map.push((
+                    format!("output_blocks.{n}.1"),
+                    format!("up_blocks.{level}.attentions.{j}"),
+                ));
             }
             if j == per && level + 1 < blocks {
                 let at = if has_attention { 2 } else { 1 };
-                map.push((format!("output_blocks.{n}.{at}.conv"), format!("up_blocks.{level}.upsamplers.0.conv")));
+                map.push((
+                    format!("output_blocks.{n}.{at}.conv"),
+                    format!("up_blocks.{level}.upsamplers.0.conv"),
+                ));
             }
         }
     }
@@ -268,7 +317,9 @@ pub fn unet_aliases(file: &SafetensorsFile, config: &UNetConfig) -> Result<HashM
 
     let mut aliases = HashMap::new();
     for name in file.names() {
-        let Some(rest) = name.strip_prefix(UNET) else { continue };
+        let Some(rest) = name.strip_prefix(UNET) else {
+            continue;
+        };
         let Some((old, new)) = map
             .iter()
             .filter(|(old, _)| rest.starts_with(&format!("{old}.")))
@@ -292,8 +343,12 @@ pub fn vae_aliases(file: &SafetensorsFile, config: &VaeConfig) -> HashMap<String
     let levels = config.block_out_channels.len();
     let mut aliases = HashMap::new();
     for name in file.names() {
-        let Some(rest) = name.strip_prefix(VAE) else { continue };
-        let Some(new) = vae_name(rest, levels) else { continue };
+        let Some(rest) = name.strip_prefix(VAE) else {
+            continue;
+        };
+        let Some(new) = vae_name(rest, levels) else {
+            continue;
+        };
         let conv_as_linear = rest.contains("mid.attn_1.")
             && [".q.weight", ".k.weight", ".v.weight", ".proj_out.weight"]
                 .iter()
@@ -331,7 +386,10 @@ fn vae_name(rest: &str, levels: usize) -> Option<String> {
             format!("{head}.{rest}")
         }
         ["down", i, "block", j, rest @ ..] => {
-            format!("down_blocks.{i}.resnets.{j}.{}", resnet_or_attention_tail(rest))
+            format!(
+                "down_blocks.{i}.resnets.{j}.{}",
+                resnet_or_attention_tail(rest)
+            )
         }
         ["down", i, "downsample", "conv", rest @ ..] => {
             format!("down_blocks.{i}.downsamplers.0.conv.{}", rest.join("."))
@@ -342,7 +400,10 @@ fn vae_name(rest: &str, levels: usize) -> Option<String> {
             let ours = levels.checked_sub(level + 1)?;
             match (*kind, rest) {
                 ("block", [j, rest @ ..]) => {
-                    format!("up_blocks.{ours}.resnets.{j}.{}", resnet_or_attention_tail(rest))
+                    format!(
+                        "up_blocks.{ours}.resnets.{j}.{}",
+                        resnet_or_attention_tail(rest)
+                    )
                 }
                 ("upsample", ["conv", rest @ ..]) => {
                     format!("up_blocks.{ours}.upsamplers.0.conv.{}", rest.join("."))
@@ -390,10 +451,22 @@ pub fn clip_aliases(file: &SafetensorsFile, family: Family) -> HashMap<String, S
             let renamed = |a: &mut HashMap<String, Source>, new: String, old: String| {
                 a.insert(new, Source::Renamed(old));
             };
-            renamed(&mut aliases, format!("{t}embeddings.token_embedding.weight"), format!("{p}token_embedding.weight"));
-            renamed(&mut aliases, format!("{t}embeddings.position_embedding.weight"), format!("{p}positional_embedding"));
+            renamed(
+                &mut aliases,
+                format!("{t}embeddings.token_embedding.weight"),
+                format!("{p}token_embedding.weight"),
+            );
+            renamed(
+                &mut aliases,
+                format!("{t}embeddings.position_embedding.weight"),
+                format!("{p}positional_embedding"),
+            );
             for param in ["weight", "bias"] {
-                renamed(&mut aliases, format!("{t}final_layer_norm.{param}"), format!("{p}ln_final.{param}"));
+                renamed(
+                    &mut aliases,
+                    format!("{t}final_layer_norm.{param}"),
+                    format!("{p}ln_final.{param}"),
+                );
             }
             let mut i = 0;
             while file.contains(&format!("{p}transformer.resblocks.{i}.ln_1.weight")) {
@@ -407,7 +480,11 @@ pub fn clip_aliases(file: &SafetensorsFile, family: Family) -> HashMap<String, S
                         ("mlp.c_fc", "mlp.fc1"),
                         ("mlp.c_proj", "mlp.fc2"),
                     ] {
-                        renamed(&mut aliases, format!("{new}{n}.{param}"), format!("{old}{o}.{param}"));
+                        renamed(
+                            &mut aliases,
+                            format!("{new}{n}.{param}"),
+                            format!("{old}{o}.{param}"),
+                        );
                     }
                     for (index, proj) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
                         aliases.insert(

@@ -67,7 +67,10 @@ impl ClipTokenizer {
         let specials = SpecialTokens::read(dir)?;
         let id = |token: &str, file: &Path| {
             inner.token_to_id(token).ok_or_else(|| {
-                Error::bad_model(file, format!("special token `{token}` is not in the vocabulary"))
+                Error::bad_model(
+                    file,
+                    format!("special token `{token}` is not in the vocabulary"),
+                )
             })
         };
         let origin = dir.to_path_buf();
@@ -81,11 +84,19 @@ impl ClipTokenizer {
     }
 
     /// A tokenizer from an in-memory vocabulary (ids in order) and merges.
-    pub fn from_vocab(vocab: Vec<String>, merges: Vec<(String, String)>, pad: &str) -> Result<Self> {
-        let ids: tokenizers::models::bpe::Vocab =
-            vocab.into_iter().enumerate().map(|(i, t)| (t, i as u32)).collect();
+    pub fn from_vocab(
+        vocab: Vec<String>,
+        merges: Vec<(String, String)>,
+        pad: &str,
+    ) -> Result<Self> {
+        let ids: tokenizers::models::bpe::Vocab = vocab
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect();
         let bad = |e: String| Error::InvalidRequest(format!("CLIP vocabulary: {e}"));
-        let model = clip_bpe(BPE::builder().vocab_and_merges(ids, merges)).map_err(|e| bad(e.to_string()))?;
+        let model = clip_bpe(BPE::builder().vocab_and_merges(ids, merges))
+            .map_err(|e| bad(e.to_string()))?;
         let mut inner = clip_pipeline(model).map_err(bad)?;
         // transformers registers the pad token as special, so SD 2.x's `!` pad is split out of
         // prompts like the others; matching that keeps ids equal to a diffusers folder's.
@@ -196,10 +207,7 @@ fn clip_pipeline(model: BPE) -> std::result::Result<Tokenizer, String> {
         words.into(),
         ByteLevel::new(false, true, true).into(),
     ])));
-    tokenizer.add_special_tokens(&[
-        AddedToken::from(BOS, true),
-        AddedToken::from(EOS, true),
-    ]);
+    tokenizer.add_special_tokens(&[AddedToken::from(BOS, true), AddedToken::from(EOS, true)]);
     Ok(tokenizer)
 }
 
@@ -236,9 +244,10 @@ impl SpecialTokens {
                 .map_err(|e| Error::bad_config(&path, format!("not valid JSON: {e}")))?;
             let token = |key: &str| match json.get(key) {
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(serde_json::Value::Object(o)) => {
-                    o.get("content").and_then(|c| c.as_str()).map(str::to_string)
-                }
+                Some(serde_json::Value::Object(o)) => o
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string),
                 _ => None,
             };
             if let Some(t) = token("bos_token") {

@@ -72,9 +72,10 @@ impl SafetensorsFile {
     /// straight from the map, so the weights exist once in the file cache and once on the
     /// target, never a third time.
     pub fn load(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor> {
-        let info = self.metadata.info(name).ok_or_else(|| {
-            Error::bad_model(&self.path, format!("tensor `{name}` is missing"))
-        })?;
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| Error::bad_model(&self.path, format!("tensor `{name}` is missing")))?;
         let stored = stored_kind(info.dtype).ok_or_else(|| {
             Error::bad_model(
                 &self.path,
@@ -89,7 +90,7 @@ impl SafetensorsFile {
         let bytes = &self.mmap[self.data_start + begin..self.data_start + end];
 
         let element = info.dtype.size();
-        let tensor = if (bytes.as_ptr() as usize) % element == 0 {
+        let tensor = if (bytes.as_ptr() as usize).is_multiple_of(element) {
             let strides = contiguous_strides(&shape);
             // SAFETY: `bytes` is in bounds (the header was validated against the file length),
             // aligned for the element type, and outlives the borrowed tensor, which is dropped
@@ -168,7 +169,10 @@ pub fn refuse_pickle(path: &Path) -> Result<()> {
         .and_then(|e| e.to_str())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if matches!(ext.as_str(), "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle") {
+    if matches!(
+        ext.as_str(),
+        "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle"
+    ) {
         return Err(Error::Refused {
             path: path.to_path_buf(),
             message: format!(
@@ -302,9 +306,8 @@ impl Weights {
 
     /// Loads `name` whatever its shape.
     pub fn get_any_shape(&self, name: &str) -> Result<Tensor> {
-        let missing = |stored: &str| {
-            Error::bad_model(self.origin(), format!("tensor `{stored}` is missing"))
-        };
+        let missing =
+            |stored: &str| Error::bad_model(self.origin(), format!("tensor `{stored}` is missing"));
         match self.aliases.get(name) {
             None => {
                 let file = self.stored(name).ok_or_else(|| missing(name))?;

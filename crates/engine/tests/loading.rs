@@ -28,10 +28,12 @@ fn quick_request(steps: usize) -> Request {
 }
 
 fn render(model: &StableDiffusion, request: &Request) -> Vec<image::RgbImage> {
-    generate(model, std::slice::from_ref(request), &mut |_| ControlFlow::Continue(()))
-        .expect("renders")
-        .remove(0)
-        .images
+    generate(model, std::slice::from_ref(request), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("renders")
+    .remove(0)
+    .images
 }
 
 #[test]
@@ -57,10 +59,26 @@ fn tokenizer_ids_equal_transformers() {
         };
         let unpadded = ids("ids");
         let inner = &unpadded[1..unpadded.len() - 1];
-        assert_eq!(sd1.encode(text).expect("encode"), inner, "sd1 ids for {text:?}");
-        assert_eq!(bundled_sd1.encode(text).expect("encode"), inner, "bundled ids for {text:?}");
-        assert_eq!(sd1.encode_truncated(text).expect("encode"), ids("padded77_sd1"), "{text:?}");
-        assert_eq!(sd2.encode_truncated(text).expect("encode"), ids("padded77_sd2"), "{text:?}");
+        assert_eq!(
+            sd1.encode(text).expect("encode"),
+            inner,
+            "sd1 ids for {text:?}"
+        );
+        assert_eq!(
+            bundled_sd1.encode(text).expect("encode"),
+            inner,
+            "bundled ids for {text:?}"
+        );
+        assert_eq!(
+            sd1.encode_truncated(text).expect("encode"),
+            ids("padded77_sd1"),
+            "{text:?}"
+        );
+        assert_eq!(
+            sd2.encode_truncated(text).expect("encode"),
+            ids("padded77_sd2"),
+            "{text:?}"
+        );
     }
 }
 
@@ -97,21 +115,32 @@ fn rng_matches_torch_cpu_generator() {
 
 #[test]
 fn single_file_equals_folder() {
-    for (folder, file) in [("models/sd1", "models/sd1.safetensors"), ("models/sd2", "models/sd2.safetensors")] {
+    for (folder, file) in [
+        ("models/sd1", "models/sd1.safetensors"),
+        ("models/sd2", "models/sd2.safetensors"),
+    ] {
         let from_folder = load(folder);
         let options = LoadOptions {
             config_dir: Some(fixtures().join(folder)),
             ..LoadOptions::default()
         };
-        let from_file = StableDiffusion::load(&fixtures().join(file), &options).expect("single file");
+        let from_file =
+            StableDiffusion::load(&fixtures().join(file), &options).expect("single file");
         let request = quick_request(3);
-        assert_eq!(render(&from_folder, &request), render(&from_file, &request), "{file}");
+        assert_eq!(
+            render(&from_folder, &request),
+            render(&from_file, &request),
+            "{file}"
+        );
     }
 }
 
 #[test]
 fn single_file_family_is_detected_from_shapes() {
-    for (file, family) in [("models/sd1.safetensors", Family::Sd1), ("models/sd2.safetensors", Family::Sd2)] {
+    for (file, family) in [
+        ("models/sd1.safetensors", Family::Sd1),
+        ("models/sd2.safetensors", Family::Sd2),
+    ] {
         let path = fixtures().join(file);
         let opened = SafetensorsFile::open(&path).expect("opens");
         assert_eq!(detect_family(&opened).expect("detects"), family);
@@ -145,12 +174,20 @@ fn batched_requests_equal_each_alone() {
     b.guidance = 4.0;
     b.seed = 9;
     b.count = 1;
-    let together = generate(&model, &[a.clone(), b.clone()], &mut |_| ControlFlow::Continue(()))
-        .expect("batch");
-    for (alone, batched) in [render(&model, &a), render(&model, &b)].iter().zip(&together) {
+    let together = generate(&model, &[a.clone(), b.clone()], &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("batch");
+    for (alone, batched) in [render(&model, &a), render(&model, &b)]
+        .iter()
+        .zip(&together)
+    {
         for (x, y) in alone.iter().zip(&batched.images) {
             let (mean, max) = common::difference(x, y);
-            assert!(mean < 0.05 && max <= 1, "batched differs: mean {mean} max {max}");
+            assert!(
+                mean < 0.05 && max <= 1,
+                "batched differs: mean {mean} max {max}"
+            );
         }
     }
 }
@@ -168,7 +205,11 @@ fn cancelling_stops_between_steps() {
             ControlFlow::Continue(())
         }
     });
-    assert!(matches!(result, Err(Error::Cancelled { step: 2, steps: 5 })), "{:?}", result.err());
+    assert!(
+        matches!(result, Err(Error::Cancelled { step: 2, steps: 5 })),
+        "{:?}",
+        result.err()
+    );
     assert_eq!(seen, 2);
 }
 
@@ -181,7 +222,9 @@ fn write_safetensors(path: &Path, header: &str, data: &[u8]) {
 }
 
 fn load_error(path: &Path) -> String {
-    match SafetensorsFile::open(path).and_then(|f| f.load("w", tch::Kind::Float, tch::Device::Cpu).map(|_| f)) {
+    match SafetensorsFile::open(path)
+        .and_then(|f| f.load("w", tch::Kind::Float, tch::Device::Cpu).map(|_| f))
+    {
         Ok(_) => panic!("{} loaded", path.display()),
         Err(e) => e.to_string(),
     }
@@ -199,12 +242,22 @@ fn broken_files_name_the_file_and_the_problem() {
     let truncated = dir.path().join("truncated.safetensors");
     write_safetensors(&truncated, good, &[0u8; 8]);
     let message = load_error(&truncated);
-    assert!(message.contains("truncated") && message.contains("truncated.safetensors"), "{message}");
+    assert!(
+        message.contains("truncated") && message.contains("truncated.safetensors"),
+        "{message}"
+    );
 
     let lying = dir.path().join("lying.safetensors");
-    write_safetensors(&lying, r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[8,24]}}"#, &[0u8; 24]);
+    write_safetensors(
+        &lying,
+        r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[8,24]}}"#,
+        &[0u8; 24],
+    );
     let message = load_error(&lying);
-    assert!(message.contains("`w`") && message.contains("offsets"), "{message}");
+    assert!(
+        message.contains("`w`") && message.contains("offsets"),
+        "{message}"
+    );
 
     let header_too_long = dir.path().join("header.safetensors");
     let mut bytes = 1_000_000u64.to_le_bytes().to_vec();
@@ -213,14 +266,28 @@ fn broken_files_name_the_file_and_the_problem() {
     assert!(load_error(&header_too_long).contains("header"));
 
     let wrong_dtype = dir.path().join("dtype.safetensors");
-    write_safetensors(&wrong_dtype, r#"{"w":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]}}"#, &[0u8; 16]);
+    write_safetensors(
+        &wrong_dtype,
+        r#"{"w":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]}}"#,
+        &[0u8; 16],
+    );
     let message = load_error(&wrong_dtype);
-    assert!(message.contains("`w`") && message.contains("I32"), "{message}");
+    assert!(
+        message.contains("`w`") && message.contains("I32"),
+        "{message}"
+    );
 
     let missing = dir.path().join("missing.safetensors");
-    write_safetensors(&missing, r#"{"other":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0u8; 4]);
+    write_safetensors(
+        &missing,
+        r#"{"other":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+        &[0u8; 4],
+    );
     let message = load_error(&missing);
-    assert!(message.contains("`w` is missing") && message.contains("missing.safetensors"), "{message}");
+    assert!(
+        message.contains("`w` is missing") && message.contains("missing.safetensors"),
+        "{message}"
+    );
 }
 
 /// A model folder whose UNet has one tensor of the wrong shape or one tensor missing.
@@ -235,18 +302,34 @@ fn broken_model_folders_name_the_tensor() {
     let mut altered: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(n, t)| {
-            let t = if n == "conv_in.weight" { t.narrow(0, 0, 16) } else { t.shallow_clone() };
+            let t = if n == "conv_in.weight" {
+                t.narrow(0, 0, 16)
+            } else {
+                t.shallow_clone()
+            };
             (n.clone(), t)
         })
         .collect();
     Tensor::write_safetensors(&altered, &unet).expect("write");
-    let message = StableDiffusion::load(&copy, &LoadOptions::default()).err().expect("fails").to_string();
-    assert!(message.contains("conv_in.weight") && message.contains("shape"), "{message}");
+    let message = StableDiffusion::load(&copy, &LoadOptions::default())
+        .err()
+        .expect("fails")
+        .to_string();
+    assert!(
+        message.contains("conv_in.weight") && message.contains("shape"),
+        "{message}"
+    );
 
     altered.retain(|(n, _)| n != "conv_in.weight");
     Tensor::write_safetensors(&altered, &unet).expect("write");
-    let message = StableDiffusion::load(&copy, &LoadOptions::default()).err().expect("fails").to_string();
-    assert!(message.contains("conv_in.weight") && message.contains("missing"), "{message}");
+    let message = StableDiffusion::load(&copy, &LoadOptions::default())
+        .err()
+        .expect("fails")
+        .to_string();
+    assert!(
+        message.contains("conv_in.weight") && message.contains("missing"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -255,18 +338,33 @@ fn pickles_are_refused_with_the_reason() {
     for name in ["model.ckpt", "model.pt", "model.bin"] {
         let path = dir.path().join(name);
         std::fs::write(&path, b"\x80\x04not really a pickle").expect("write");
-        let message = StableDiffusion::load(&path, &LoadOptions::default()).err().expect("refused").to_string();
-        assert!(message.contains("pickle") && message.contains("safetensors"), "{message}");
+        let message = StableDiffusion::load(&path, &LoadOptions::default())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            message.contains("pickle") && message.contains("safetensors"),
+            "{message}"
+        );
     }
 
     // A diffusers folder that only ships pickled weights for one component.
     let copy = dir.path().join("sd1");
     copy_dir(&fixtures().join("models/sd1"), &copy);
     let vae = copy.join("vae");
-    std::fs::rename(vae.join("diffusion_pytorch_model.safetensors"), vae.join("diffusion_pytorch_model.bin"))
-        .expect("rename");
-    let message = StableDiffusion::load(&copy, &LoadOptions::default()).err().expect("refused").to_string();
-    assert!(message.contains("pickle") && message.contains("diffusion_pytorch_model.bin"), "{message}");
+    std::fs::rename(
+        vae.join("diffusion_pytorch_model.safetensors"),
+        vae.join("diffusion_pytorch_model.bin"),
+    )
+    .expect("rename");
+    let message = StableDiffusion::load(&copy, &LoadOptions::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        message.contains("pickle") && message.contains("diffusion_pytorch_model.bin"),
+        "{message}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -18,11 +18,18 @@ const MAX_LEVELS: u8 = 3;
 
 fn request_for(case: &Value) -> Request {
     let mut request = Request::new(case["prompt"].as_str().unwrap_or_default());
-    request.negative = case["negative_prompt"].as_str().unwrap_or_default().to_string();
+    request.negative = case["negative_prompt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     request.width = case["width"].as_i64().expect("width");
     request.height = case["height"].as_i64().expect("height");
     request.steps = case["num_inference_steps"].as_u64().expect("steps") as usize;
-    request.sampler = case["sampler"].as_str().expect("sampler").parse().expect("known sampler");
+    request.sampler = case["sampler"]
+        .as_str()
+        .expect("sampler")
+        .parse()
+        .expect("known sampler");
     request.guidance = case["guidance_scale"].as_f64().expect("guidance");
     request.seed = case["seed"].as_u64().expect("seed");
     request.count = case["num_images_per_prompt"].as_u64().expect("count") as usize;
@@ -93,8 +100,12 @@ fn a_different_seed_misses_the_reference() {
     let case = case("sd1_txt2img_ddim");
     let mut request = request_for(&case);
     request.seed += 100;
-    let outputs = generate(&model, &[request], &mut |_| ControlFlow::Continue(())).expect("renders");
+    let outputs =
+        generate(&model, &[request], &mut |_| ControlFlow::Continue(())).expect("renders");
     let reference = read_png(case["images"][0].as_str().expect("path"));
     let (mean, max) = difference(&outputs[0].images[0], &reference);
-    assert!(mean > 5.0 * MEAN_LEVELS && max > MAX_LEVELS, "mean {mean} max {max}");
+    assert!(
+        mean > 5.0 * MEAN_LEVELS && max > MAX_LEVELS,
+        "mean {mean} max {max}"
+    );
 }

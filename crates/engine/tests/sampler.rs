@@ -378,11 +378,11 @@ fn strength_picks_the_first_step() {
     assert_eq!(sampler.begin_index_for_strength(7.0), 0);
 }
 
+/// Run on a GPU machine with `cargo test -- --ignored`.
 #[test]
+#[ignore = "needs a CUDA device"]
 fn samplers_stay_on_the_device() {
-    if !tch::Cuda::is_available() {
-        return;
-    }
+    assert!(tch::Cuda::is_available(), "this test needs a CUDA device");
     let cuda = tch::Device::Cuda(0);
     for &kind in SamplerKind::all() {
         let run = |device: tch::Device| -> Tensor {

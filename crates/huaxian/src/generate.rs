@@ -98,7 +98,10 @@ pub fn run(args: Args) -> Result<()> {
     let device = parse_device(&args.device)?;
     let kind = parse_dtype(&args.dtype)?;
     if kind != Kind::Float && device == Device::Cpu {
-        bail!("--dtype {} needs a GPU; on the CPU use --dtype f32", args.dtype);
+        bail!(
+            "--dtype {} needs a GPU; on the CPU use --dtype f32",
+            args.dtype
+        );
     }
     if !args.model.exists() {
         bail!("model `{}` does not exist", args.model.display());
@@ -153,7 +156,10 @@ pub fn run(args: Args) -> Result<()> {
     let outputs = pipeline::generate(&model, std::slice::from_ref(&request), &mut progress)?;
     bar.finish_and_clear();
 
-    let output = outputs.into_iter().next().context("the pipeline returned no output")?;
+    let output = outputs
+        .into_iter()
+        .next()
+        .context("the pipeline returned no output")?;
     for (i, (image, seed)) in output.images.iter().zip(&output.seeds).enumerate() {
         let path = args.out.join(format!("image-{i}.png"));
         let png = png_with_parameters(image, &parameters_text(&model, &request, *seed))?;
@@ -161,7 +167,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     if output.images.len() == 4 {
         let path = args.out.join("grid.png");
-        let png = png_with_parameters(&grid(&output.images)?, &parameters_text(&model, &request, seed))?;
+        let png = png_with_parameters(
+            &grid(&output.images)?,
+            &parameters_text(&model, &request, seed),
+        )?;
         std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if output.prompt_tokens > 75 {
@@ -171,13 +180,22 @@ pub fn run(args: Args) -> Result<()> {
             output.prompt_tokens.div_ceil(75)
         );
     }
-    println!("seed {seed}: wrote {} image(s) to {}", output.images.len(), args.out.display());
+    println!(
+        "seed {seed}: wrote {} image(s) to {}",
+        output.images.len(),
+        args.out.display()
+    );
     Ok(())
 }
 
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish() % (1u64 << 32)
 }

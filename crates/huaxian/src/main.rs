@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "huaxian", version, about = "Self-hosted image generation for Discord")]
+#[command(
+    name = "huaxian",
+    version,
+    about = "Self-hosted image generation for Discord"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

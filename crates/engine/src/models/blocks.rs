@@ -34,7 +34,14 @@ impl ResnetBlock {
         let shortcut = if inputs == outputs {
             None
         } else {
-            Some(Conv2d::load(&w.at("conv_shortcut"), inputs, outputs, 1, 1, 0)?)
+            Some(Conv2d::load(
+                &w.at("conv_shortcut"),
+                inputs,
+                outputs,
+                1,
+                1,
+                0,
+            )?)
         };
         Ok(ResnetBlock {
             norm1: GroupNorm::load(&w.at("norm1"), groups, inputs, eps)?,

@@ -216,8 +216,14 @@ impl UNet {
         };
 
         let conv_in = Conv2d::load(&w.at("conv_in"), config.in_channels, channels[0], 3, 1, 1)?;
-        let time_linear_1 = Linear::load(&w.at("time_embedding.linear_1"), channels[0], time_dim, true)?;
-        let time_linear_2 = Linear::load(&w.at("time_embedding.linear_2"), time_dim, time_dim, true)?;
+        let time_linear_1 = Linear::load(
+            &w.at("time_embedding.linear_1"),
+            channels[0],
+            time_dim,
+            true,
+        )?;
+        let time_linear_2 =
+            Linear::load(&w.at("time_embedding.linear_2"), time_dim, time_dim, true)?;
 
         let mut down = Vec::with_capacity(blocks);
         let mut width = channels[0];
@@ -229,9 +235,19 @@ impl UNet {
             let mut attentions = Vec::new();
             for j in 0..layers[level] {
                 let inputs = if j == 0 { width } else { out };
-                resnets.push(ResnetBlock::load(&b.at("resnets").at(j), inputs, out, Some(time_dim), groups, eps)?);
+                resnets.push(ResnetBlock::load(
+                    &b.at("resnets").at(j),
+                    inputs,
+                    out,
+                    Some(time_dim),
+                    groups,
+                    eps,
+                )?);
                 if kind == "CrossAttnDownBlock2D" {
-                    attentions.push(SpatialTransformer::load(&b.at("attentions").at(j), &transformer(level, out))?);
+                    attentions.push(SpatialTransformer::load(
+                        &b.at("attentions").at(j),
+                        &transformer(level, out),
+                    )?);
                 }
             }
             let down_sampler = if last {
@@ -258,7 +274,8 @@ impl UNet {
             Some("UNetMidBlock2DCrossAttn") => {
                 let b = w.at("mid_block");
                 let c = channels[blocks - 1];
-                let first = ResnetBlock::load(&b.at("resnets.0"), c, c, Some(time_dim), groups, eps)?;
+                let first =
+                    ResnetBlock::load(&b.at("resnets.0"), c, c, Some(time_dim), groups, eps)?;
                 // SD's middle block is one resnet, then one (attention, resnet) pair.
                 let rest = vec![(
                     SpatialTransformer::load(&b.at("attentions.0"), &transformer(blocks - 1, c))?,
@@ -288,7 +305,14 @@ impl UNet {
             for j in 0..up_layers[i] {
                 let skip = if j + 1 == up_layers[i] { skip_in } else { out };
                 let inputs = if j == 0 { previous } else { out };
-                resnets.push(ResnetBlock::load(&b.at("resnets").at(j), inputs + skip, out, Some(time_dim), groups, eps)?);
+                resnets.push(ResnetBlock::load(
+                    &b.at("resnets").at(j),
+                    inputs + skip,
+                    out,
+                    Some(time_dim),
+                    groups,
+                    eps,
+                )?);
                 match kind.as_str() {
                     "CrossAttnUpBlock2D" => attentions.push(SpatialTransformer::load(
                         &b.at("attentions").at(j),
@@ -342,7 +366,9 @@ impl UNet {
             self.config.freq_shift,
         )
         .to_kind(kind);
-        let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&temb).silu());
+        let temb = self
+            .time_linear_2
+            .forward(&self.time_linear_1.forward(&temb).silu());
 
         let sample = if self.config.center_input_sample {
             sample * 2.0 - 1.0
@@ -422,8 +448,8 @@ fn unsupported_block(weights: &Weights, kind: &str) -> Error {
 pub fn timestep_embedding(timesteps: &Tensor, dim: i64, flip: bool, shift: f64) -> Tensor {
     let half = dim / 2;
     let device = timesteps.device();
-    let exponent = Tensor::arange(half, (Kind::Float, device)) * (-(10000f64.ln()))
-        / (half as f64 - shift);
+    let exponent =
+        Tensor::arange(half, (Kind::Float, device)) * (-(10000f64.ln())) / (half as f64 - shift);
     let freqs = exponent.exp();
     let args = timesteps.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
     let (first, second) = if flip {
@@ -438,4 +464,3 @@ pub fn timestep_embedding(timesteps: &Tensor, dim: i64, flip: bool, shift: f64) 
         emb
     }
 }
-

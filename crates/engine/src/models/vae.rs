@@ -101,11 +101,7 @@ impl MidAttention {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let (b, c, h, w) = x.size4().unwrap_or((0, 0, 0, 0));
-        let tokens = self
-            .norm
-            .forward(x)
-            .view([b, c, h * w])
-            .transpose(1, 2);
+        let tokens = self.norm.forward(x).view([b, c, h * w]).transpose(1, 2);
         let out = attention(
             &self.q.forward(&tokens),
             &self.k.forward(&tokens),
@@ -176,7 +172,10 @@ impl Vae {
         let channels = config.block_out_channels.clone();
         let levels = channels.len();
         if levels == 0 {
-            return Err(Error::bad_model(weights.origin(), "vae block_out_channels is empty"));
+            return Err(Error::bad_model(
+                weights.origin(),
+                "vae block_out_channels is empty",
+            ));
         }
         for kind in config.down_block_types.iter().chain(&config.up_block_types) {
             if kind != "DownEncoderBlock2D" && kind != "UpDecoderBlock2D" {
@@ -192,7 +191,8 @@ impl Vae {
         let top = channels[levels - 1];
 
         let enc = w.at("encoder");
-        let enc_conv_in = Conv2d::load(&enc.at("conv_in"), config.in_channels, channels[0], 3, 1, 1)?;
+        let enc_conv_in =
+            Conv2d::load(&enc.at("conv_in"), config.in_channels, channels[0], 3, 1, 1)?;
         let mut enc_levels = Vec::with_capacity(levels);
         let mut width = channels[0];
         for (i, &out) in channels.iter().enumerate() {
@@ -200,7 +200,14 @@ impl Vae {
             let mut resnets = Vec::new();
             for j in 0..config.layers_per_block {
                 let inputs = if j == 0 { width } else { out };
-                resnets.push(ResnetBlock::load(&b.at("resnets").at(j), inputs, out, None, g, 1e-6)?);
+                resnets.push(ResnetBlock::load(
+                    &b.at("resnets").at(j),
+                    inputs,
+                    out,
+                    None,
+                    g,
+                    1e-6,
+                )?);
             }
             let down = if i + 1 < levels {
                 Some(Downsample::load(&b.at("downsamplers.0.conv"), out, 0)?)
@@ -219,12 +226,26 @@ impl Vae {
         let enc_conv_out = Conv2d::load(&enc.at("conv_out"), top, 2 * latent, 3, 1, 1)?;
 
         let quant_conv = if config.use_quant_conv {
-            Some(Conv2d::load(&w.at("quant_conv"), 2 * latent, 2 * latent, 1, 1, 0)?)
+            Some(Conv2d::load(
+                &w.at("quant_conv"),
+                2 * latent,
+                2 * latent,
+                1,
+                1,
+                0,
+            )?)
         } else {
             None
         };
         let post_quant_conv = if config.use_post_quant_conv {
-            Some(Conv2d::load(&w.at("post_quant_conv"), latent, latent, 1, 1, 0)?)
+            Some(Conv2d::load(
+                &w.at("post_quant_conv"),
+                latent,
+                latent,
+                1,
+                1,
+                0,
+            )?)
         } else {
             None
         };
@@ -239,7 +260,14 @@ impl Vae {
             let mut resnets = Vec::new();
             for j in 0..config.layers_per_block + 1 {
                 let inputs = if j == 0 { width } else { out };
-                resnets.push(ResnetBlock::load(&b.at("resnets").at(j), inputs, out, None, g, 1e-6)?);
+                resnets.push(ResnetBlock::load(
+                    &b.at("resnets").at(j),
+                    inputs,
+                    out,
+                    None,
+                    g,
+                    1e-6,
+                )?);
             }
             let up = if i + 1 < levels {
                 Some(Upsample::load(&b.at("upsamplers.0.conv"), out)?)
@@ -254,7 +282,14 @@ impl Vae {
             width = out;
         }
         let dec_norm_out = GroupNorm::load(&dec.at("conv_norm_out"), g, channels[0], 1e-6)?;
-        let dec_conv_out = Conv2d::load(&dec.at("conv_out"), channels[0], config.out_channels, 3, 1, 1)?;
+        let dec_conv_out = Conv2d::load(
+            &dec.at("conv_out"),
+            channels[0],
+            config.out_channels,
+            3,
+            1,
+            1,
+        )?;
 
         Ok(Vae {
             config,
@@ -290,7 +325,9 @@ impl Vae {
             }
         }
         let x = self.enc_mid.forward(&x);
-        let x = self.enc_conv_out.forward(&self.enc_norm_out.forward(&x).silu());
+        let x = self
+            .enc_conv_out
+            .forward(&self.enc_norm_out.forward(&x).silu());
         let x = match &self.quant_conv {
             Some(conv) => conv.forward(&x),
             None => x,
@@ -314,7 +351,8 @@ impl Vae {
                 x = up.forward(&x, None);
             }
         }
-        self.dec_conv_out.forward(&self.dec_norm_out.forward(&x).silu())
+        self.dec_conv_out
+            .forward(&self.dec_norm_out.forward(&x).silu())
     }
 
     /// Decodes in overlapping tiles of `tile` latent cells, blending the seams linearly, so a
