@@ -72,7 +72,8 @@ use lexer::{collapse, locate, text, words, Located};
 /// The `--stylize` used when none is given, as in Midjourney.
 pub const DEFAULT_STYLIZE: u16 = 100;
 
-/// Permutations worth expanding just to count their repeats exactly for an error message.
+/// Permutations over the job cap still worth expanding, to count their repeats exactly for
+/// the error message.
 const COUNTABLE_PERMUTATIONS: u64 = 1000;
 
 /// Characters worth expanding for the same purpose.
@@ -85,23 +86,13 @@ pub fn parse(input: &str, limits: &Limits) -> Result<Vec<JobSpec>, PromptError> 
     let template = Template::parse(&chars)?;
     let permutations = template.count();
     let max = limits.max_jobs;
-    if permutations > u64::from(max) {
-        let countable = permutations <= COUNTABLE_PERMUTATIONS
-            && permutations.saturating_mul(chars.len() as u64) <= COUNTABLE_CHARS;
-        let jobs = if countable {
-            let prompts = template
-                .expand()
-                .iter()
-                .map(|prompt| parse_prompt(prompt, limits))
-                .collect::<Result<Vec<_>, _>>()?;
-            prompts.iter().map(|(_, repeat)| u64::from(*repeat)).sum()
-        } else {
-            permutations
-        };
-        let at_least = !countable;
+    let countable = permutations <= u64::from(max)
+        || (permutations <= COUNTABLE_PERMUTATIONS
+            && permutations.saturating_mul(chars.len() as u64) <= COUNTABLE_CHARS);
+    if !countable {
         return Err(PromptError::TooManyJobs {
-            jobs,
-            at_least,
+            jobs: permutations,
+            at_least: true,
             max,
         });
     }
