@@ -1,0 +1,344 @@
+//! The dispatcher: submit, claim, renew, finish and reconcile.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use huaxian_store::{
+    Completed, Enqueued, Failure, Lane, NewImage, NewJob, Start, Store, StoreError, Ticket,
+};
+use redis::aio::ConnectionManager;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::scripts;
+
+/// Dispatch settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Prefix of every Redis key, so several deployments (or tests) share one Redis.
+    pub prefix: String,
+    /// How long a claim holds a job before it goes back to the queue unless renewed.
+    pub lease: Duration,
+    /// Every this-many claims, relax is served before fast (when both have jobs).
+    pub relax_every: u32,
+    /// Users looked at per pass of a claim; bounds the work of one claim script.
+    pub scan: u32,
+    /// A queued job younger than this is not redispatched by the reconciler: its submit may
+    /// still be on the way to Redis.
+    pub reconcile_grace: Duration,
+    /// Most jobs one reconcile pass looks at.
+    pub reconcile_batch: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            prefix: "huaxian".into(),
+            lease: Duration::from_secs(30),
+            relax_every: 4,
+            scan: 256,
+            reconcile_grace: Duration::from_secs(5),
+            reconcile_batch: 1000,
+        }
+    }
+}
+
+/// What a worker can run.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub id: String,
+    /// The model it has loaded.
+    pub model: String,
+    /// Largest image it renders, in pixels.
+    pub max_pixels: i64,
+    /// Most jobs it takes in one claim (they share model, sampler, steps and size).
+    pub max_batch: u32,
+}
+
+/// A job a worker holds: present `attempt` with every later call about it.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub ticket: Ticket,
+    pub attempt: i32,
+    pub spec: serde_json::Value,
+    /// When the claim started, for the run-time statistics.
+    pub started: Instant,
+}
+
+/// What one reconcile pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Jobs whose lease ran out and that were queued again.
+    pub retried: usize,
+    /// Jobs whose lease ran out on their last attempt, now failed and refunded.
+    pub failed: usize,
+    /// Queued jobs that had no entry in Redis and got one.
+    pub redispatched: usize,
+}
+
+/// Failure of a dispatch operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("redis error: {0}; the reconciler will restore dispatch once Redis is back")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Gateway and worker handle on the dispatch queue; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub(crate) store: Store,
+    pub(crate) redis: ConnectionManager,
+    pub(crate) config: Config,
+}
+
+impl Dispatcher {
+    /// Connects to Redis at `redis_url`.
+    pub async fn connect(
+        store: Store,
+        redis_url: &str,
+        config: Config,
+    ) -> Result<Self, DispatchError> {
+        let client = redis::Client::open(redis_url)?;
+        let redis = ConnectionManager::new(client).await?;
+        Ok(Self {
+            store,
+            redis,
+            config,
+        })
+    }
+
+    /// The store behind this dispatcher.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Records the job in Postgres, then gives it a dispatch entry. If Redis fails after the
+    /// commit, the job stays queued and the reconciler dispatches it later; the error is
+    /// logged, not returned, because the job was accepted.
+    pub async fn submit(&self, job: &NewJob) -> Result<Enqueued, DispatchError> {
+        let enqueued = self.store.enqueue(job).await?;
+        if let Err(error) = self.push(&enqueued.ticket).await {
+            warn!(job = %enqueued.ticket.job_id, %error, "dispatch failed; reconciler will retry");
+        }
+        Ok(enqueued)
+    }
+
+    /// Gives a queued job a dispatch entry unless it has one. Returns whether it was added.
+    pub async fn push(&self, ticket: &Ticket) -> Result<bool, DispatchError> {
+        let now = Utc::now().timestamp_millis();
+        let ready = ticket.ready_at.map_or(0, |at| at.timestamp_millis());
+        let added: i32 = scripts::PUSH
+            .arg(&self.config.prefix)
+            .arg(ticket.job_id.to_string())
+            .arg(entry(ticket))
+            .arg(ticket.user_id)
+            .arg(ticket.lane.as_str())
+            .arg(&ticket.model)
+            .arg(ready)
+            .arg(now)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(added == 1)
+    }
+
+    /// Claims up to `worker.max_batch` jobs the worker can run, starting each in Postgres.
+    /// Entries whose job is no longer queued are dropped; entries whose user is at the
+    /// running cap go back to the head of their list. Returns an empty list when nothing is
+    /// waiting.
+    pub async fn claim(&self, worker: &WorkerSpec) -> Result<Vec<Claimed>, DispatchError> {
+        let lease = chrono::Duration::from_std(self.config.lease).unwrap_or_default();
+        let mut claimed = Vec::new();
+        let mut busy = Vec::new();
+        if let Err(error) = self.record_worker(&worker.model, &worker.id).await {
+            debug!(%error, "worker not recorded for ETAs");
+        }
+
+        // A batch can come back all duplicates; try a few times before reporting empty.
+        for _ in 0..4 {
+            let entries: Vec<String> = scripts::CLAIM
+                .arg(&self.config.prefix)
+                .arg(&worker.model)
+                .arg(worker.max_pixels)
+                .arg(worker.max_batch.max(1))
+                .arg(Utc::now().timestamp_millis())
+                .arg(self.config.relax_every.max(1))
+                .arg(self.config.scan.max(1))
+                .invoke_async(&mut self.redis.clone())
+                .await?;
+            if entries.is_empty() {
+                break;
+            }
+
+            for raw in entries {
+                let Some(ticket) = parse_entry(&raw) else {
+                    warn!(entry = %raw, "unreadable dispatch entry dropped");
+                    continue;
+                };
+                match self.store.start(ticket.job_id, &worker.id, lease).await? {
+                    Start::Started { attempt, spec } => claimed.push(Claimed {
+                        ticket,
+                        attempt,
+                        spec,
+                        started: Instant::now(),
+                    }),
+                    Start::Busy => busy.push(raw),
+                    Start::Gone => debug!(job = %ticket.job_id, "stale dispatch entry dropped"),
+                }
+            }
+            if !claimed.is_empty() || !busy.is_empty() {
+                break;
+            }
+        }
+
+        if !busy.is_empty() {
+            let mut script = scripts::UNCLAIM.prepare_invoke();
+            script.arg(&self.config.prefix);
+            for raw in &busy {
+                script.arg(raw);
+            }
+            let _: i32 = script.invoke_async(&mut self.redis.clone()).await?;
+        }
+        Ok(claimed)
+    }
+
+    /// Extends the lease on a held job; `Stale` when the worker lost it and must stop.
+    pub async fn renew(&self, worker: &str, claimed: &Claimed) -> Result<(), DispatchError> {
+        let lease = chrono::Duration::from_std(self.config.lease).unwrap_or_default();
+        self.store
+            .renew(claimed.ticket.job_id, claimed.attempt, worker, lease)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a finished job and its measured GPU time; `Stale` when the worker lost it.
+    pub async fn complete(
+        &self,
+        worker: &str,
+        claimed: &Claimed,
+        measured_ms: i64,
+        images: &[NewImage],
+    ) -> Result<Completed, DispatchError> {
+        let done = self
+            .store
+            .complete(
+                claimed.ticket.job_id,
+                claimed.attempt,
+                worker,
+                measured_ms,
+                images,
+            )
+            .await?;
+        let run_ms = claimed.started.elapsed().as_millis() as i64;
+        if let Err(error) = self.record_run(&claimed.ticket.model, run_ms).await {
+            warn!(%error, "run time not recorded; ETAs use older figures");
+        }
+        Ok(done)
+    }
+
+    /// Records a failed attempt; a retry is dispatched with its backoff.
+    pub async fn fail(
+        &self,
+        worker: &str,
+        claimed: &Claimed,
+        error: &str,
+        retryable: bool,
+    ) -> Result<Failure, DispatchError> {
+        let failure = self
+            .store
+            .fail(
+                claimed.ticket.job_id,
+                claimed.attempt,
+                worker,
+                error,
+                retryable,
+            )
+            .await?;
+        if let Failure::Retry(ticket) = &failure {
+            self.push(ticket).await?;
+        }
+        Ok(failure)
+    }
+
+    /// Cancels the user's job; its entry, if any, is dropped when claimed.
+    pub async fn cancel(&self, job_id: Uuid, user_id: i64) -> Result<bool, DispatchError> {
+        Ok(self.store.cancel(job_id, user_id).await?)
+    }
+
+    /// Takes back jobs whose lease ran out and dispatches queued jobs that have no entry.
+    /// Run it every few seconds from one or more processes; passes are idempotent.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, DispatchError> {
+        let started = Instant::now();
+        let mut report = ReconcileReport::default();
+
+        for expired in self
+            .store
+            .expire_leases(self.config.reconcile_batch)
+            .await?
+        {
+            match expired.failure {
+                Failure::Retry(ticket) => {
+                    self.push(&ticket).await?;
+                    report.retried += 1;
+                }
+                Failure::Failed { .. } => report.failed += 1,
+            }
+        }
+
+        let grace = chrono::Duration::from_std(self.config.reconcile_grace).unwrap_or_default();
+        let tickets = self
+            .store
+            .queued_tickets(grace, self.config.reconcile_batch)
+            .await?;
+        for ticket in &tickets {
+            if self.push(ticket).await? {
+                report.redispatched += 1;
+            }
+        }
+
+        if report != ReconcileReport::default() {
+            info!(
+                retried = report.retried,
+                failed = report.failed,
+                redispatched = report.redispatched,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reconciled dispatch with the store"
+            );
+        }
+        Ok(report)
+    }
+}
+
+/// The dispatch entry of a ticket; fields never contain `|` (ids, numbers, model names and
+/// the batch key, whose parts are names and numbers).
+pub(crate) fn entry(ticket: &Ticket) -> String {
+    format!(
+        "{}|{}|{}|{}|{}|{}",
+        ticket.job_id,
+        ticket.user_id,
+        ticket.lane.as_str(),
+        ticket.model,
+        ticket.pixels,
+        ticket.batch_key
+    )
+}
+
+fn parse_entry(raw: &str) -> Option<Ticket> {
+    let mut fields = raw.splitn(6, '|');
+    let job_id = fields.next()?.parse().ok()?;
+    let user_id = fields.next()?.parse().ok()?;
+    let lane = Lane::parse(fields.next()?);
+    let model = fields.next()?.to_string();
+    let pixels = fields.next()?.parse().ok()?;
+    let batch_key = fields.next()?.to_string();
+    Some(Ticket {
+        job_id,
+        user_id,
+        lane,
+        model,
+        pixels,
+        batch_key,
+        ready_at: None,
+    })
+}

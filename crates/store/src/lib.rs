@@ -1,0 +1,70 @@
+//! The Postgres store of huaxian: users and their settings, guilds, jobs, images, the
+//! fast-lane quota ledger, the audit log and workers. It is the only crate that writes SQL.
+//!
+//! Invariants it keeps:
+//! - A job moves `queued → running → succeeded | failed | cancelled` (and `running → queued`
+//!   for a retry). Every transition is one guarded statement naming the state and the
+//!   attempt it expects; the attempt is raised by every start, so it fences stale workers:
+//!   a worker whose lease ran out can no longer renew, complete, fail or charge the job.
+//! - No job reaches a terminal state twice; terminal states have no way out.
+//! - Every movement of fast-lane time is a `quota_ledger` row written in the same
+//!   transaction as `users.fast_balance_ms`, so a balance always equals its ledger sum, and a
+//!   CHECK keeps it from going negative.
+//! - Caps are checked with the user's row (and the guild's) locked, so concurrent requests
+//!   are serialised per user and never pass a cap together.
+//! - An interaction id makes at most one job; a button (parent job, action, user) has at most
+//!   one live job.
+
+mod admin;
+mod config;
+mod enqueue;
+mod error;
+mod model;
+mod quota;
+mod transition;
+
+pub use admin::{UserSettings, Worker};
+pub use config::Caps;
+pub use error::{Refusal, StoreError};
+pub use model::{Enqueued, Job, JobKind, JobState, Lane, NewImage, NewJob, Ticket};
+pub use quota::Balance;
+pub use transition::{Completed, Expired, Failure, Start};
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+/// The migrations of `migrations/` at the repository root, embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Handle on the database; cheap to clone, shares one pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+    caps: Caps,
+}
+
+impl Store {
+    /// Connects with a pool of up to `max_connections` and applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32, caps: Caps) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool, caps })
+    }
+
+    /// Wraps a pool whose database is already migrated (tests, embedding services).
+    pub fn from_pool(pool: PgPool, caps: Caps) -> Self {
+        Self { pool, caps }
+    }
+
+    /// The pool, for health checks.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The caps this store enforces.
+    pub fn caps(&self) -> &Caps {
+        &self.caps
+    }
+}

@@ -1,0 +1,377 @@
+//! Guarded job transitions. Each names the state and attempt it expects in its WHERE
+//! clause, so exactly one of any set of racing callers wins and stale workers lose.
+
+use chrono::{DateTime, Duration, Utc};
+use sqlx::{Postgres, Transaction};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::enqueue::{IntoTicket, TicketRow};
+use crate::quota::{lock_user, refund, settle};
+use crate::{Lane, NewImage, Store, StoreError, Ticket};
+
+/// Outcome of trying to start a claimed job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The caller now holds the job at `attempt` until its lease runs out.
+    Started {
+        attempt: i32,
+        spec: serde_json::Value,
+    },
+    /// The job's user or guild is at its running cap; put the entry back and try later.
+    Busy,
+    /// The job is not waiting to start (a duplicate entry, cancelled, already running, or
+    /// its retry is not due): drop the entry.
+    Gone,
+}
+
+/// Outcome of a finished job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completed {
+    pub user_id: i64,
+    /// Fast-lane time charged after settling; 0 on the relax lane.
+    pub cost_ms: i64,
+}
+
+/// Outcome of a failed attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The job is queued again and must be dispatched with this ticket (its `ready_at` is
+    /// the end of the backoff).
+    Retry(Ticket),
+    /// The job failed for good; its reservation was refunded.
+    Failed { user_id: i64, error: String },
+}
+
+/// A job whose lease ran out, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub job_id: Uuid,
+    pub attempt: i32,
+    pub failure: Failure,
+}
+
+const TICKET_COLUMNS: &str = "id, user_id, lane, model, pixels, batch_key, retry_at";
+
+impl Store {
+    /// Moves a queued job to running for `worker`, raising its attempt: the new attempt is
+    /// the fencing token every later call about this job must present.
+    pub async fn start(
+        &self,
+        job_id: Uuid,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Start, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(i64, Option<i64>, i32)> = sqlx::query_as(
+            "SELECT user_id, guild_id, attempt FROM jobs \
+             WHERE id = $1 AND state = 'queued' AND (retry_at IS NULL OR retry_at <= now()) \
+             FOR UPDATE",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((user_id, guild_id, attempt)) = row else {
+            return Ok(Start::Gone);
+        };
+
+        lock_user(&mut tx, user_id).await?;
+        let running: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE user_id = $1 AND state = 'running'",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if running >= self.caps.running_per_user {
+            return Ok(Start::Busy);
+        }
+        if let Some(guild_id) = guild_id {
+            let max: Option<Option<i32>> =
+                sqlx::query_scalar("SELECT max_running FROM guilds WHERE id = $1 FOR UPDATE")
+                    .bind(guild_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let max = max.flatten().map_or(self.caps.running_per_guild, i64::from);
+            let running: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE guild_id = $1 AND state = 'running'",
+            )
+            .bind(guild_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if running >= max {
+                return Ok(Start::Busy);
+            }
+        }
+
+        let started: Option<(i32, serde_json::Value)> = sqlx::query_as(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $3, \
+                    lease_expires_at = now() + $4, running_at = now(), retry_at = NULL \
+             WHERE id = $1 AND state = 'queued' AND attempt = $2 \
+             RETURNING attempt, spec",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(worker)
+        .bind(lease)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(match started {
+            Some((attempt, spec)) => Start::Started { attempt, spec },
+            None => Start::Gone,
+        })
+    }
+
+    /// Extends the lease of a job the worker holds; `Stale` when it no longer does.
+    pub async fn renew(
+        &self,
+        job_id: Uuid,
+        attempt: i32,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let until: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_expires_at = now() + $4 \
+             WHERE id = $1 AND state = 'running' AND attempt = $2 AND worker_id = $3 \
+             RETURNING lease_expires_at",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(worker)
+        .bind(lease)
+        .fetch_optional(&self.pool)
+        .await?;
+        until.ok_or(StoreError::Stale(job_id))
+    }
+
+    /// Marks a held job succeeded, records its images and settles its cost; `Stale` when
+    /// the worker no longer holds it, in which case nothing is written.
+    pub async fn complete(
+        &self,
+        job_id: Uuid,
+        attempt: i32,
+        worker: &str,
+        measured_ms: i64,
+        images: &[NewImage],
+    ) -> Result<Completed, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(i64, String, i64)> = sqlx::query_as(
+            "UPDATE jobs SET state = 'succeeded', succeeded_at = now(), lease_expires_at = NULL \
+             WHERE id = $1 AND state = 'running' AND attempt = $2 AND worker_id = $3 \
+             RETURNING user_id, lane, reserved_ms",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((user_id, lane, reserved_ms)) = row else {
+            return Err(StoreError::Stale(job_id));
+        };
+
+        for image in images {
+            sqlx::query(
+                "INSERT INTO images (id, job_id, index, blob_key, width, height, bytes, seed) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(Uuid::new_v4())
+            .bind(job_id)
+            .bind(image.index)
+            .bind(&image.blob_key)
+            .bind(image.width)
+            .bind(image.height)
+            .bind(image.bytes)
+            .bind(image.seed)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        let cost_ms = match Lane::parse(&lane) {
+            Lane::Fast => {
+                lock_user(&mut tx, user_id).await?;
+                settle(&mut tx, user_id, job_id, reserved_ms, measured_ms).await?
+            }
+            Lane::Relax => 0,
+        };
+        sqlx::query("UPDATE jobs SET cost_ms = $2 WHERE id = $1")
+            .bind(job_id)
+            .bind(cost_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Completed { user_id, cost_ms })
+    }
+
+    /// Records a failed attempt of a held job. A `retryable` failure with attempts left puts
+    /// the job back in the queue after a backoff; otherwise it fails and is refunded.
+    pub async fn fail(
+        &self,
+        job_id: Uuid,
+        attempt: i32,
+        worker: &str,
+        error: &str,
+        retryable: bool,
+    ) -> Result<Failure, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let held: Option<i32> = sqlx::query_scalar(
+            "SELECT attempt FROM jobs \
+             WHERE id = $1 AND state = 'running' AND attempt = $2 AND worker_id = $3 FOR UPDATE",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            return Err(StoreError::Stale(job_id));
+        }
+        let failure = self
+            .fail_held(&mut tx, job_id, attempt, error, retryable)
+            .await?;
+        tx.commit().await?;
+        Ok(failure)
+    }
+
+    async fn fail_held(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        job_id: Uuid,
+        attempt: i32,
+        error: &str,
+        retryable: bool,
+    ) -> Result<Failure, StoreError> {
+        if retryable {
+            let retry_at = Utc::now() + self.caps.backoff(attempt);
+            let ticket: Option<TicketRow> = sqlx::query_as(&format!(
+                "UPDATE jobs SET state = 'queued', retry_at = $3, error = $4, worker_id = NULL, \
+                        lease_expires_at = NULL \
+                 WHERE id = $1 AND state = 'running' AND attempt = $2 AND attempt < max_attempts \
+                 RETURNING {TICKET_COLUMNS}"
+            ))
+            .bind(job_id)
+            .bind(attempt)
+            .bind(retry_at)
+            .bind(error)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(ticket) = ticket {
+                warn!(job = %job_id, attempt, %retry_at, "job attempt failed; retrying");
+                return Ok(Failure::Retry(ticket.into_ticket()));
+            }
+        }
+
+        let row: Option<(i64, i32, i64)> = sqlx::query_as(
+            "UPDATE jobs SET state = 'failed', failed_at = now(), error = $3, \
+                    lease_expires_at = NULL, cost_ms = 0 \
+             WHERE id = $1 AND state = 'running' AND attempt = $2 \
+             RETURNING user_id, attempt, reserved_ms",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .bind(error)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some((user_id, attempts, reserved_ms)) = row else {
+            return Err(StoreError::Stale(job_id));
+        };
+        lock_user(tx, user_id).await?;
+        refund(tx, user_id, job_id, reserved_ms).await?;
+        info!(job = %job_id, attempts, "job failed");
+        Ok(Failure::Failed {
+            user_id,
+            error: format!("failed after {attempts} attempt(s): {error}"),
+        })
+    }
+
+    /// Cancels the user's job if it is queued or running, refunding its reservation.
+    /// Returns false when it had already ended. A worker still rendering it is fenced out.
+    pub async fn cancel(&self, job_id: Uuid, user_id: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, i32)> = sqlx::query_as(
+            "SELECT state, attempt FROM jobs WHERE id = $1 AND user_id = $2 FOR UPDATE",
+        )
+        .bind(job_id)
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((state, attempt)) = row else {
+            return Err(StoreError::NoSuchJob(job_id));
+        };
+        if state != "queued" && state != "running" {
+            return Ok(false);
+        }
+
+        let reserved: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'cancelled', cancelled_at = now(), lease_expires_at = NULL, \
+                    cost_ms = 0 \
+             WHERE id = $1 AND state = $2 AND attempt = $3 RETURNING reserved_ms",
+        )
+        .bind(job_id)
+        .bind(&state)
+        .bind(attempt)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(reserved_ms) = reserved else {
+            return Ok(false);
+        };
+        lock_user(&mut tx, user_id).await?;
+        refund(&mut tx, user_id, job_id, reserved_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Takes back up to `limit` running jobs whose lease ran out: each is retried after a
+    /// backoff, or failed and refunded when it has no attempts left.
+    pub async fn expire_leases(&self, limit: i64) -> Result<Vec<Expired>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+            "SELECT id, attempt FROM jobs WHERE state = 'running' AND lease_expires_at < now() \
+             ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        let mut expired = Vec::with_capacity(rows.len());
+        for (job_id, attempt) in rows {
+            let failure = self
+                .fail_held(
+                    &mut tx,
+                    job_id,
+                    attempt,
+                    "worker lost (lease expired)",
+                    true,
+                )
+                .await?;
+            expired.push(Expired {
+                job_id,
+                attempt,
+                failure,
+            });
+        }
+        tx.commit().await?;
+        if !expired.is_empty() {
+            warn!(jobs = expired.len(), "leases expired; jobs taken back");
+        }
+        Ok(expired)
+    }
+
+    /// Queued jobs that have waited at least `grace`, oldest first, for the reconciler to
+    /// check against the dispatch queue.
+    pub async fn queued_tickets(
+        &self,
+        grace: Duration,
+        limit: i64,
+    ) -> Result<Vec<Ticket>, StoreError> {
+        let rows: Vec<TicketRow> = sqlx::query_as(&format!(
+            "SELECT {TICKET_COLUMNS} FROM jobs \
+             WHERE state = 'queued' AND queued_at < now() - $1 \
+             ORDER BY queued_at LIMIT $2"
+        ))
+        .bind(grace)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(IntoTicket::into_ticket).collect())
+    }
+}

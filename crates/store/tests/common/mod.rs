@@ -1,0 +1,86 @@
+//! Shared test helpers: jobs to enqueue and the ledger invariant.
+
+#![allow(dead_code)]
+
+use huaxian_prompt::{JobSpec, PromptPart};
+use huaxian_store::{Caps, JobKind, Lane, NewJob, Store};
+use sqlx::PgPool;
+
+pub fn spec(model: &str) -> JobSpec {
+    JobSpec {
+        prompt: vec![PromptPart {
+            text: "a red car".into(),
+            weight: 1.0,
+        }],
+        negative: String::new(),
+        width: 512,
+        height: 512,
+        aspect: (1, 1),
+        seed: Some(7),
+        steps: 20,
+        stop_percent: 100,
+        guidance: 7.0,
+        stylize: 100,
+        chaos: 0,
+        quality: 1.0,
+        sampler: "euler_a".into(),
+        model: model.into(),
+        raw: "a red car".into(),
+    }
+}
+
+pub fn job(user_id: i64, interaction_id: i64) -> NewJob {
+    NewJob {
+        kind: JobKind::Imagine,
+        spec: spec("sd15"),
+        lane: Lane::Fast,
+        images: 4,
+        estimate_ms: 1000,
+        parent: None,
+        image_index: None,
+        interaction_id,
+        user_id,
+        guild_id: None,
+        channel_id: 1,
+    }
+}
+
+pub fn caps() -> Caps {
+    Caps {
+        queued_per_user: 1000,
+        commands_per_minute: 1000,
+        daily_images: 100_000,
+        queued_per_guild: 100_000,
+        retry_backoff: chrono::Duration::zero(),
+        ..Caps::default()
+    }
+}
+
+pub fn store(pool: PgPool, caps: Caps) -> Store {
+    Store::from_pool(pool, caps)
+}
+
+/// Asserts every user's cached balance equals the sum of their ledger rows, and none is
+/// negative.
+pub async fn assert_ledger(pool: &PgPool) {
+    let bad: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users u \
+         LEFT JOIN (SELECT user_id, SUM(delta_ms) AS total FROM quota_ledger GROUP BY user_id) l \
+           ON l.user_id = u.id \
+         WHERE u.fast_balance_ms <> COALESCE(l.total, 0) OR u.fast_balance_ms < 0",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(bad, 0, "a balance differs from its ledger");
+}
+
+/// Ledger rows of a job with the given reason.
+pub async fn ledger_rows(pool: &PgPool, job: uuid::Uuid, reason: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM quota_ledger WHERE job_id = $1 AND reason = $2")
+        .bind(job)
+        .bind(reason)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
