@@ -124,7 +124,8 @@ fn load_folder(dir: &Path, options: &LoadOptions) -> Result<StableDiffusion> {
             &weight_file(&text_dir, "model", options.kind)?,
             options.kind,
             options.device,
-        )?;
+        )?
+        .keeping_half();
         ClipTextEncoder::load(clip_config, &weights)?
     };
 
@@ -145,7 +146,8 @@ fn load_folder(dir: &Path, options: &LoadOptions) -> Result<StableDiffusion> {
             &weight_file(&vae_dir, "diffusion_pytorch_model", vae_kind)?,
             vae_kind,
             options.device,
-        )?;
+        )?
+        .keeping_half();
         Vae::load(vae_config, &weights)?
     };
 
@@ -231,7 +233,9 @@ fn load_single_file(path: &Path, options: &LoadOptions) -> Result<StableDiffusio
 
     let text_encoder = ClipTextEncoder::load(
         clip_config,
-        &Weights::from_files(files()?, options.kind, options.device).with_aliases(clip_aliases),
+        &Weights::from_files(files()?, options.kind, options.device)
+            .with_aliases(clip_aliases)
+            .keeping_half(),
     )?;
     let unet = UNet::load(
         unet_config,
@@ -240,7 +244,9 @@ fn load_single_file(path: &Path, options: &LoadOptions) -> Result<StableDiffusio
     let vae_kind = vae_kind(&vae_config, options.kind);
     let vae = Vae::load(
         vae_config,
-        &Weights::from_files(files()?, vae_kind, options.device).with_aliases(vae_aliases),
+        &Weights::from_files(files()?, vae_kind, options.device)
+            .with_aliases(vae_aliases)
+            .keeping_half(),
     )?;
 
     Ok(StableDiffusion {

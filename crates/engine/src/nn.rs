@@ -30,7 +30,8 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let bias = self.bias.as_ref().map(|b| widen(b, x));
+        x.linear(&widen(&self.weight, x), bias.as_ref())
     }
 }
 
@@ -61,8 +62,8 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.conv2d(
-            &self.weight,
-            Some(&self.bias),
+            &widen(&self.weight, x),
+            Some(&widen(&self.bias, x)),
             [self.stride, self.stride],
             [self.padding, self.padding],
             [1, 1],
@@ -102,8 +103,8 @@ impl GroupNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.group_norm(
             self.groups,
-            Some(&self.weight),
-            Some(&self.bias),
+            Some(&widen(&self.weight, x)),
+            Some(&widen(&self.bias, x)),
             self.eps,
             true,
         )
@@ -131,11 +132,21 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.layer_norm(
             [self.size],
-            Some(&self.weight),
-            Some(&self.bias),
+            Some(&widen(&self.weight, x)),
+            Some(&widen(&self.bias, x)),
             self.eps,
             true,
         )
+    }
+}
+
+/// `weight` in the dtype of `x`: a no-op unless the weight is kept in half precision (see
+/// [`crate::weights::Weights::keeping_half`]).
+pub fn widen(weight: &Tensor, x: &Tensor) -> Tensor {
+    if weight.kind() == x.kind() {
+        weight.shallow_clone()
+    } else {
+        weight.to_kind(x.kind())
     }
 }
 

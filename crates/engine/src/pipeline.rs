@@ -5,6 +5,7 @@
 //! sampler and its step count, so the worker can batch compatible jobs.
 
 use std::ops::ControlFlow;
+use std::time::Instant;
 
 use image::RgbImage;
 use tch::{Kind, Tensor};
@@ -185,7 +186,29 @@ fn encode_prompts(
 
 /// Renders `requests` as one batch. `progress` runs after every step; returning
 /// `ControlFlow::Break` cancels the render.
+///
+/// Requests are validated first. What libtorch reports while rendering (above all, running
+/// out of device memory) comes back as [`Error::Torch`]: `tch`'s tensor operators panic on
+/// such errors, and the panic is caught here, at the one boundary every render crosses.
 pub fn generate(
+    model: &StableDiffusion,
+    requests: &[Request],
+    progress: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
+) -> Result<Vec<Output>> {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        render(model, requests, progress)
+    }));
+    attempt.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "libtorch failed while rendering".to_string());
+        Err(Error::Torch(tch::TchError::Torch(message)))
+    })
+}
+
+fn render(
     model: &StableDiffusion,
     requests: &[Request],
     progress: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
@@ -202,6 +225,7 @@ pub fn generate(
         }
     }
     let _no_grad = tch::no_grad_guard();
+    let started = Instant::now();
     let guided = requests.iter().any(|r| r.guidance > 1.0);
     let device = model.device;
     let factor = model.downscale_factor();
@@ -224,6 +248,7 @@ pub fn generate(
         contexts.push(context.to_kind(model.kind));
     }
 
+    let encoded = Instant::now();
     let mut samplers = Vec::new();
     let mut rngs: Vec<Vec<TorchRng>> = Vec::new();
     let mut latents = Vec::new();
@@ -315,6 +340,7 @@ pub fn generate(
         }
     }
 
+    let denoised = Instant::now();
     let mut outputs = Vec::new();
     for ((request, x), tokens) in requests.iter().zip(&latents).zip(prompt_tokens) {
         let mut images = Vec::with_capacity(request.count);
@@ -331,6 +357,16 @@ pub fn generate(
             prompt_tokens: tokens,
         });
     }
+    let done = Instant::now();
+    tracing::info!(
+        requests = requests.len(),
+        images = requests.iter().map(|r| r.count).sum::<usize>(),
+        steps = total - begin,
+        encode_s = format!("{:.2}", (encoded - started).as_secs_f64()),
+        denoise_s = format!("{:.2}", (denoised - encoded).as_secs_f64()),
+        decode_s = format!("{:.2}", (done - denoised).as_secs_f64()),
+        "render finished"
+    );
     Ok(outputs)
 }
 

@@ -61,6 +61,13 @@ impl SafetensorsFile {
         self.metadata.info(name).is_some()
     }
 
+    /// The dtype `name` is stored in, if present and a float type.
+    pub fn stored_kind(&self, name: &str) -> Option<Kind> {
+        self.metadata
+            .info(name)
+            .and_then(|info| stored_kind(info.dtype))
+    }
+
     /// The stored shape of `name`, if present.
     pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
         self.metadata
@@ -103,6 +110,18 @@ impl SafetensorsFile {
             let copy = Tensor::f_from_data_size(bytes, &shape, stored)?;
             copy.f_to_device(device)?.f_to_kind(kind)?
         };
+
+        // The copy is made; let the kernel drop the mapped pages from our resident set, so a
+        // model's weights are resident once, not once in the map and once in tensors.
+        // SAFETY: the map is private and read-only, and no view into this range outlives the
+        // block above; pages touched again are simply read back from the file.
+        unsafe {
+            let _ = self.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.data_start + begin,
+                end - begin,
+            );
+        }
         Ok(tensor)
     }
 }
@@ -210,6 +229,7 @@ pub struct Weights {
     aliases: HashMap<String, Source>,
     kind: Kind,
     device: Device,
+    keep_half: bool,
 }
 
 impl Weights {
@@ -226,6 +246,7 @@ impl Weights {
             aliases: HashMap::new(),
             kind,
             device,
+            keep_half: false,
         }
     }
 
@@ -249,12 +270,32 @@ impl Weights {
         self
     }
 
+    /// Keeps tensors stored in f16 or bf16 in that dtype even when computing in f32; the
+    /// layers widen them as they use them. Widening is exact, so results do not change, and
+    /// the resident weights are half the size. Worth it for components that run a few times
+    /// per job (text encoder, VAE), not for the UNet, which runs every step.
+    pub fn keeping_half(mut self) -> Self {
+        self.keep_half = true;
+        self
+    }
+
     pub fn kind(&self) -> Kind {
         self.kind
     }
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    fn target_kind(&self, file: &SafetensorsFile, name: &str) -> Kind {
+        match file.stored_kind(name) {
+            Some(stored @ (Kind::Half | Kind::BFloat16))
+                if self.keep_half && self.kind == Kind::Float =>
+            {
+                stored
+            }
+            _ => self.kind,
+        }
     }
 
     pub fn root(&self) -> WeightPath<'_> {
@@ -311,15 +352,15 @@ impl Weights {
         match self.aliases.get(name) {
             None => {
                 let file = self.stored(name).ok_or_else(|| missing(name))?;
-                file.load(name, self.kind, self.device)
+                file.load(name, self.target_kind(file, name), self.device)
             }
             Some(Source::Renamed(stored)) => {
                 let file = self.stored(stored).ok_or_else(|| missing(stored))?;
-                file.load(stored, self.kind, self.device)
+                file.load(stored, self.target_kind(file, stored), self.device)
             }
             Some(Source::ConvAsLinear(stored)) => {
                 let file = self.stored(stored).ok_or_else(|| missing(stored))?;
-                let t = file.load(stored, self.kind, self.device)?;
+                let t = file.load(stored, self.target_kind(file, stored), self.device)?;
                 match t.size().as_slice() {
                     [o, i, 1, 1] => Ok(t.f_reshape([*o, *i])?),
                     [_, _] => Ok(t),
@@ -335,7 +376,7 @@ impl Weights {
                 parts,
             }) => {
                 let file = self.stored(stored).ok_or_else(|| missing(stored))?;
-                let t = file.load(stored, self.kind, self.device)?;
+                let t = file.load(stored, self.target_kind(file, stored), self.device)?;
                 let rows = t.size().first().copied().unwrap_or(0);
                 if rows % parts != 0 {
                     return Err(Error::bad_model(

@@ -379,3 +379,13 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_failure_inside_a_render_comes_back_as_an_error() {
+    let model = load("models/sd1");
+    let result = generate(&model, &[quick_request(3)], &mut |_| {
+        panic!("simulated libtorch failure: CUDA out of memory")
+    });
+    let error = result.err().expect("an error, not an unwind");
+    assert!(error.is_out_of_memory(), "{error}");
+}

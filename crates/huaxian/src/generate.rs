@@ -12,9 +12,12 @@ use huaxian_engine::{LoadOptions, SamplerKind, StableDiffusion};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind};
 
+use crate::hub::{self, RepoRef};
+
 #[derive(Parser, Debug)]
 pub struct Args {
-    /// A diffusers folder (with model_index.json) or a single-file .safetensors checkpoint.
+    /// A diffusers folder (with model_index.json), a single-file .safetensors checkpoint, or
+    /// hf:owner/name[@revision] to download one from the Hugging Face Hub.
     #[arg(long)]
     model: PathBuf,
     /// For a single-file checkpoint: a diffusers folder whose configs, tokenizer and
@@ -103,8 +106,16 @@ pub fn run(args: Args) -> Result<()> {
             args.dtype
         );
     }
-    if !args.model.exists() {
-        bail!("model `{}` does not exist", args.model.display());
+    let model_path = match args.model.to_str().and_then(RepoRef::parse) {
+        Some(reference) => hub::fetch(&reference?, kind == Kind::Half)?,
+        None => args.model.clone(),
+    };
+    if !model_path.exists() {
+        bail!(
+            "model `{}` does not exist: pass a diffusers folder, a .safetensors file or \
+             hf:owner/name",
+            args.model.display()
+        );
     }
     let init = match &args.init_image {
         Some(path) => Some(InitImage {
@@ -121,7 +132,7 @@ pub fn run(args: Args) -> Result<()> {
         kind,
         config_dir: args.config.clone(),
     };
-    let model = StableDiffusion::load(&args.model, &options)?;
+    let model = StableDiffusion::load(&model_path, &options)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let request = Request {
         prompt: args.prompt,

@@ -1,6 +1,7 @@
 //! `huaxian`: one binary, one subcommand per service.
 
 mod generate;
+mod hub;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    huaxian_engine::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

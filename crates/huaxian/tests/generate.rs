@@ -173,3 +173,170 @@ fn pickle_checkpoints_are_refused() {
     std::fs::write(&ckpt, b"pickle").expect("write");
     fails_with(&["--model", ckpt.to_str().expect("utf8")], "pickle");
 }
+
+/// A minimal hub on 127.0.0.1 serving the sd1 fixture folder as `test/sd1`, answering 404
+/// for anything else and recording the Authorization header it saw.
+fn serve_hub() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut header = String::new();
+            while reader
+                .read_line(&mut header)
+                .map(|n| n > 2)
+                .unwrap_or(false)
+            {
+                if header.to_ascii_lowercase().starts_with("authorization:") {
+                    log.lock().expect("lock").push(header.trim().to_string());
+                }
+                header.clear();
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let file = path
+                .strip_prefix("/test/sd1/resolve/main/")
+                .filter(|f| !f.contains(".."))
+                .map(|f| fixtures().join("models/sd1").join(f))
+                .filter(|f| f.is_file());
+            let response = match file.and_then(|f| std::fs::read(f).ok()) {
+                Some(body) => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(&body);
+                    r
+                }
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = stream.write_all(&response);
+        }
+    });
+    (address, seen)
+}
+
+#[test]
+fn hub_models_download_once_into_the_cache() {
+    let (endpoint, seen) = serve_hub();
+    let cache = tempfile::tempdir().expect("cache");
+    let out = tempfile::tempdir().expect("out");
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_huaxian"))
+            .args([
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "a paper crane",
+                "--seed",
+                "5",
+                "--steps",
+                "2",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--count",
+                "1",
+                "--out",
+            ])
+            .arg(out.path())
+            .env("HF_ENDPOINT", &endpoint)
+            .env("HF_TOKEN", "hf_secret_for_test")
+            .env("HUAXIAN_CACHE", cache.path())
+            .env("RUST_LOG", "debug")
+            .output()
+            .expect("runs")
+    };
+
+    let result = run("hf:test/sd1");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("hf_secret_for_test"),
+        "the token leaked into logs"
+    );
+    assert!(seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .all(|h| h.ends_with("Bearer hf_secret_for_test")));
+    let cached = cache
+        .path()
+        .join("test--sd1/main/unet/diffusion_pytorch_model.safetensors");
+    assert!(cached.is_file());
+    let from_hub = std::fs::read(out.path().join("image-0.png")).expect("image");
+
+    // The same render from the local folder gives the same pixels.
+    let local = huaxian(&[
+        "generate",
+        "--model",
+        &sd1(),
+        "--prompt",
+        "a paper crane",
+        "--seed",
+        "5",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--count",
+        "1",
+        "--out",
+        out.path().to_str().expect("utf8"),
+    ]);
+    assert!(local.status.success());
+    let decode = |b: &[u8]| image::load_from_memory(b).expect("png").to_rgb8();
+    let from_folder = std::fs::read(out.path().join("image-0.png")).expect("image");
+    assert_eq!(decode(&from_hub), decode(&from_folder));
+
+    let missing = run("hf:test/absent");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(stderr.contains("has no model_index.json"), "{stderr}");
+}
+
+#[test]
+fn unreachable_hub_says_what_to_do() {
+    let cache = tempfile::tempdir().expect("cache");
+    let out = tempfile::tempdir().expect("out");
+    // A port nothing listens on: bind one, then drop it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let result = Command::new(env!("CARGO_BIN_EXE_huaxian"))
+        .args([
+            "generate",
+            "--model",
+            "hf:test/sd1",
+            "--prompt",
+            "x",
+            "--out",
+        ])
+        .arg(out.path())
+        .env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("HUAXIAN_CACHE", cache.path())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    assert!(
+        stderr.contains("cannot reach") && stderr.contains("local model folder"),
+        "{stderr}"
+    );
+}

@@ -67,6 +67,7 @@ pub struct ClipTextEncoder {
     layers: Vec<Layer>,
     final_norm: LayerNorm,
     activation: Activation,
+    compute_kind: Kind,
 }
 
 impl ClipTextEncoder {
@@ -117,6 +118,7 @@ impl ClipTextEncoder {
             layers,
             final_norm,
             activation,
+            compute_kind: weights.kind(),
         })
     }
 
@@ -144,7 +146,8 @@ impl ClipTextEncoder {
         }
 
         let positions = self.position_embedding.narrow(0, 0, len);
-        let mut x = Tensor::embedding(&self.token_embedding, ids, -1, false, false) + positions;
+        let tokens = Tensor::embedding(&self.token_embedding, ids, -1, false, false);
+        let mut x = (tokens + positions).to_kind(self.compute_kind);
         for layer in &self.layers[..self.layers.len() - skip] {
             x = layer.forward(&x, self.config.num_attention_heads, self.activation);
         }
