@@ -131,8 +131,16 @@ pub(crate) struct Stepped {
 /// timesteps and is always in range; the caller checks.
 pub(crate) trait Solver: Send {
     fn timesteps(&self) -> &[f64];
-    fn init_noise_sigma(&self) -> f64;
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Tensor;
+    /// The scale of the starting noise; 1 for samplers that work on the noised latents.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    /// The UNet's input at `step`; samplers in sigma space rescale it.
+    fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Tensor {
+        sample.shallow_clone()
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,
