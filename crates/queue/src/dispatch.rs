@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 use crate::scripts;
 
+/// Claim rounds of only stale entries before a claim reports nothing to do.
+const STALE_ROUNDS: usize = 64;
+
 /// Dispatch settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -155,8 +158,9 @@ impl Dispatcher {
             debug!(%error, "worker not recorded for ETAs");
         }
 
-        // A batch can come back all duplicates; try a few times before reporting empty.
-        for _ in 0..4 {
+        // Entries can all be stale (duplicates, cancelled jobs): keep taking until one
+        // starts or the lists run dry, bounded so one call stays short.
+        for _ in 0..STALE_ROUNDS {
             let entries: Vec<String> = scripts::CLAIM
                 .arg(&self.config.prefix)
                 .arg(&worker.model)

@@ -126,10 +126,13 @@ local job, user, lane, model = string.match(entry, '^([^|]*)|([^|]*)|([^|]*)|([^
 local q = p .. ':q:' .. lane .. ':' .. model .. ':' .. user
 local index = redis.call('LPOS', q, entry)
 if not index then return -1 end
-local ahead = index
+-- Users before this one in the ring get one more turn than those after it.
+local ahead, turns = index, index + 1
 for _, other in ipairs(redis.call('LRANGE', p .. ':ring:' .. lane .. ':' .. model, 0, scan - 1)) do
-  if other ~= user then
-    ahead = ahead + math.min(redis.call('LLEN', p .. ':q:' .. lane .. ':' .. model .. ':' .. other), index + 1)
+  if other == user then
+    turns = index
+  else
+    ahead = ahead + math.min(redis.call('LLEN', p .. ':q:' .. lane .. ':' .. model .. ':' .. other), turns)
   end
 end
 if lane == 'relax' then

@@ -33,6 +33,8 @@ pub struct Worker {
     pub heartbeat_at: DateTime<Utc>,
 }
 
+type WorkerRow = (String, Vec<String>, String, i64, i32, DateTime<Utc>);
+
 type JobRow = (
     Uuid,
     String,
@@ -251,7 +253,7 @@ impl Store {
 
     /// All workers, most recently seen first.
     pub async fn workers(&self) -> Result<Vec<Worker>, StoreError> {
-        let rows: Vec<(String, Vec<String>, String, i64, i32, DateTime<Utc>)> = sqlx::query_as(
+        let rows: Vec<WorkerRow> = sqlx::query_as(
             "SELECT id, models, device, max_pixels, max_batch, heartbeat_at FROM workers \
              ORDER BY heartbeat_at DESC",
         )
