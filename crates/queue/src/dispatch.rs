@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use huaxian_store::{
-    Completed, Enqueued, Failure, Lane, NewImage, NewJob, Start, Store, StoreError, Ticket,
+    Completed, Enqueued, Failure, Finished, Lane, NewImage, NewJob, Start, Store, StoreError,
+    Ticket,
 };
 use redis::aio::ConnectionManager;
 use tracing::{debug, info, warn};
@@ -175,12 +176,17 @@ impl Dispatcher {
                 break;
             }
 
+            let mut tickets = Vec::with_capacity(entries.len());
             for raw in entries {
-                let Some(ticket) = parse_entry(&raw) else {
-                    warn!(entry = %raw, "unreadable dispatch entry dropped");
-                    continue;
-                };
-                match self.store.start(ticket.job_id, &worker.id, lease).await? {
+                match parse_entry(&raw) {
+                    Some(ticket) => tickets.push((ticket, raw)),
+                    None => warn!(entry = %raw, "unreadable dispatch entry dropped"),
+                }
+            }
+            let ids: Vec<Uuid> = tickets.iter().map(|(t, _)| t.job_id).collect();
+            let starts = self.store.start_batch(&ids, &worker.id, lease).await?;
+            for ((ticket, raw), (_, start)) in tickets.into_iter().zip(starts) {
+                match start {
                     Start::Started { attempt, spec } => claimed.push(Claimed {
                         ticket,
                         attempt,
@@ -239,6 +245,32 @@ impl Dispatcher {
             warn!(%error, "run time not recorded; ETAs use older figures");
         }
         Ok(done)
+    }
+
+    /// Records several finished jobs of one worker in one transaction (a batch); each
+    /// outcome is `Stale` on its own when the worker lost that job.
+    pub async fn complete_batch(
+        &self,
+        worker: &str,
+        finished: &[(&Claimed, i64, Vec<NewImage>)],
+    ) -> Result<Vec<Result<Completed, StoreError>>, DispatchError> {
+        let reports: Vec<Finished> = finished
+            .iter()
+            .map(|(claimed, measured_ms, images)| Finished {
+                job_id: claimed.ticket.job_id,
+                attempt: claimed.attempt,
+                measured_ms: *measured_ms,
+                images: images.clone(),
+            })
+            .collect();
+        let outcomes = self.store.complete_batch(worker, &reports).await?;
+        if let Some((claimed, _, _)) = finished.first() {
+            let run_ms = claimed.started.elapsed().as_millis() as i64;
+            if let Err(error) = self.record_run(&claimed.ticket.model, run_ms).await {
+                warn!(%error, "run time not recorded; ETAs use older figures");
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Records a failed attempt; a retry is dispatched with its backoff.

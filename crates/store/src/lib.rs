@@ -16,14 +16,17 @@
 //!   one live job.
 
 mod admin;
+mod complete;
 mod config;
 mod enqueue;
 mod error;
 mod model;
 mod quota;
+mod start;
 mod transition;
 
 pub use admin::{UserSettings, Worker};
+pub use complete::Finished;
 pub use config::Caps;
 pub use error::{Refusal, StoreError};
 pub use model::{Enqueued, Job, JobKind, JobState, Lane, NewImage, NewJob, Ticket};

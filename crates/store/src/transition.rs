@@ -7,8 +7,8 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::enqueue::{IntoTicket, TicketRow};
-use crate::quota::{lock_user, refund, settle};
-use crate::{Lane, NewImage, Store, StoreError, Ticket};
+use crate::quota::{lock_user, refund};
+use crate::{Store, StoreError, Ticket};
 
 /// Outcome of trying to start a claimed job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,74 +54,6 @@ pub struct Expired {
 const TICKET_COLUMNS: &str = "id, user_id, lane, model, pixels, batch_key, retry_at";
 
 impl Store {
-    /// Moves a queued job to running for `worker`, raising its attempt: the new attempt is
-    /// the fencing token every later call about this job must present.
-    pub async fn start(
-        &self,
-        job_id: Uuid,
-        worker: &str,
-        lease: Duration,
-    ) -> Result<Start, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row: Option<(i64, Option<i64>, i32)> = sqlx::query_as(
-            "SELECT user_id, guild_id, attempt FROM jobs \
-             WHERE id = $1 AND state = 'queued' AND (retry_at IS NULL OR retry_at <= now()) \
-             FOR UPDATE",
-        )
-        .bind(job_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((user_id, guild_id, attempt)) = row else {
-            return Ok(Start::Gone);
-        };
-
-        lock_user(&mut tx, user_id).await?;
-        let running: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE user_id = $1 AND state = 'running'",
-        )
-        .bind(user_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if running >= self.caps.running_per_user {
-            return Ok(Start::Busy);
-        }
-        if let Some(guild_id) = guild_id {
-            let max: Option<Option<i32>> =
-                sqlx::query_scalar("SELECT max_running FROM guilds WHERE id = $1 FOR UPDATE")
-                    .bind(guild_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let max = max.flatten().map_or(self.caps.running_per_guild, i64::from);
-            let running: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM jobs WHERE guild_id = $1 AND state = 'running'",
-            )
-            .bind(guild_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            if running >= max {
-                return Ok(Start::Busy);
-            }
-        }
-
-        let started: Option<(i32, serde_json::Value)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $3, \
-                    lease_expires_at = now() + $4, running_at = now(), retry_at = NULL \
-             WHERE id = $1 AND state = 'queued' AND attempt = $2 \
-             RETURNING attempt, spec",
-        )
-        .bind(job_id)
-        .bind(attempt)
-        .bind(worker)
-        .bind(lease)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(match started {
-            Some((attempt, spec)) => Start::Started { attempt, spec },
-            None => Start::Gone,
-        })
-    }
-
     /// Extends the lease of a job the worker holds; `Stale` when it no longer does.
     pub async fn renew(
         &self,
@@ -142,64 +74,6 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         until.ok_or(StoreError::Stale(job_id))
-    }
-
-    /// Marks a held job succeeded, records its images and settles its cost; `Stale` when
-    /// the worker no longer holds it, in which case nothing is written.
-    pub async fn complete(
-        &self,
-        job_id: Uuid,
-        attempt: i32,
-        worker: &str,
-        measured_ms: i64,
-        images: &[NewImage],
-    ) -> Result<Completed, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row: Option<(i64, String, i64)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'succeeded', succeeded_at = now(), lease_expires_at = NULL \
-             WHERE id = $1 AND state = 'running' AND attempt = $2 AND worker_id = $3 \
-             RETURNING user_id, lane, reserved_ms",
-        )
-        .bind(job_id)
-        .bind(attempt)
-        .bind(worker)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((user_id, lane, reserved_ms)) = row else {
-            return Err(StoreError::Stale(job_id));
-        };
-
-        for image in images {
-            sqlx::query(
-                "INSERT INTO images (id, job_id, index, blob_key, width, height, bytes, seed) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(Uuid::new_v4())
-            .bind(job_id)
-            .bind(image.index)
-            .bind(&image.blob_key)
-            .bind(image.width)
-            .bind(image.height)
-            .bind(image.bytes)
-            .bind(image.seed)
-            .execute(&mut *tx)
-            .await?;
-        }
-
-        let cost_ms = match Lane::parse(&lane) {
-            Lane::Fast => {
-                lock_user(&mut tx, user_id).await?;
-                settle(&mut tx, user_id, job_id, reserved_ms, measured_ms).await?
-            }
-            Lane::Relax => 0,
-        };
-        sqlx::query("UPDATE jobs SET cost_ms = $2 WHERE id = $1")
-            .bind(job_id)
-            .bind(cost_ms)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Completed { user_id, cost_ms })
     }
 
     /// Records a failed attempt of a held job. A `retryable` failure with attempts left puts
@@ -326,7 +200,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(Uuid, i32)> = sqlx::query_as(
             "SELECT id, attempt FROM jobs WHERE state = 'running' AND lease_expires_at < now() \
-             ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+             ORDER BY user_id, id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(limit)
         .fetch_all(&mut *tx)

@@ -197,9 +197,8 @@ async fn run(args: &Args, database_url: &str, prefix: &str) -> anyhow::Result<()
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     continue;
                 }
-                for job in &claimed {
-                    dispatcher.complete(&spec.id, job, 900, &[]).await?;
-                }
+                let finished: Vec<_> = claimed.iter().map(|job| (job, 900, Vec::new())).collect();
+                dispatcher.complete_batch(&spec.id, &finished).await?;
                 done.fetch_add(claimed.len(), Ordering::Relaxed);
             }
             anyhow::Ok(())
