@@ -196,3 +196,50 @@ async fn retry_waits_for_its_backoff(pool: PgPool) {
     }
     assert_eq!(store.start(id, "w2", LEASE).await.unwrap(), Start::Gone);
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn batches_start_and_complete_each_job_on_its_own(pool: PgPool) {
+    let store = store(
+        pool.clone(),
+        huaxian_store::Caps {
+            running_per_user: 2,
+            ..caps()
+        },
+    );
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(store.enqueue(&job(1, n)).await.unwrap().ticket.job_id);
+    }
+
+    let starts = store.start_batch(&ids, "w1", LEASE).await.unwrap();
+    let started: Vec<_> = starts
+        .iter()
+        .filter(|(_, start)| matches!(start, Start::Started { .. }))
+        .collect();
+    assert_eq!(started.len(), 2, "running cap of 2 within one batch");
+    assert!(starts.iter().any(|(_, start)| *start == Start::Busy));
+
+    let finished: Vec<huaxian_store::Finished> = started
+        .iter()
+        .enumerate()
+        .map(|(n, (id, _))| huaxian_store::Finished {
+            job_id: *id,
+            // The second report names a stale attempt.
+            attempt: if n == 0 { 1 } else { 7 },
+            measured_ms: 300,
+            images: Vec::new(),
+        })
+        .collect();
+    let outcomes = store.complete_batch("w1", &finished).await.unwrap();
+    assert!(outcomes[0].is_ok());
+    assert!(matches!(outcomes[1], Err(StoreError::Stale(_))));
+    assert_eq!(
+        store.job(started[0].0).await.unwrap().state,
+        JobState::Succeeded
+    );
+    assert_eq!(
+        store.job(started[1].0).await.unwrap().state,
+        JobState::Running
+    );
+    assert_ledger(&pool).await;
+}
