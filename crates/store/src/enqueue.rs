@@ -7,7 +7,7 @@ use tracing::debug;
 use uuid::Uuid;
 
 use crate::model::batch_key;
-use crate::quota::{lock_user, period_end, post, roll_period};
+use crate::quota::{lock_user_row, period_end, post, roll_locked};
 use crate::{Enqueued, Lane, NewJob, Refusal, Store, StoreError, Ticket};
 
 impl Store {
@@ -16,45 +16,33 @@ impl Store {
     /// always exists before its dispatch entry.
     pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let banned = lock_user(&mut tx, job.user_id).await?;
-
-        if let Some(ticket) = existing(&mut tx, job).await? {
-            tx.commit().await?;
-            return Ok(Enqueued {
-                ticket,
-                created: false,
-            });
-        }
-
-        if banned {
-            return Err(Refusal::Banned.into());
-        }
-        self.check_caps(&mut tx, job).await?;
-
-        let reserved_ms = match job.lane {
+        let user = lock_user_row(&mut tx, job.user_id).await?;
+        let left_ms = match job.lane {
             Lane::Fast => {
-                let left_ms = roll_period(&mut tx, &self.caps, job.user_id).await?;
-                if left_ms < job.estimate_ms {
-                    // The period grant may have been written; keep it even when refusing.
-                    tx.commit().await?;
-                    return Err(Refusal::QuotaExhausted {
-                        left_ms,
-                        needed_ms: job.estimate_ms,
-                        resets_at: period_end(&self.caps, Utc::now()),
-                    }
-                    .into());
-                }
-                job.estimate_ms
+                roll_locked(
+                    &mut tx,
+                    &self.caps,
+                    job.user_id,
+                    user.balance_ms,
+                    user.period,
+                )
+                .await?
             }
             Lane::Relax => 0,
         };
 
+        // Inserting first answers the common case in one statement; a conflict means the
+        // interaction or the button already has a job, which is returned instead.
         let id = Uuid::new_v4();
         let spec = serde_json::to_value(&job.spec)?;
         let pixels = i64::from(job.spec.width) * i64::from(job.spec.height);
         let (parent_id, action) = match &job.parent {
             Some((parent, action)) => (Some(*parent), Some(action.as_str())),
             None => (None, None),
+        };
+        let reserved_ms = match job.lane {
+            Lane::Fast => job.estimate_ms,
+            Lane::Relax => 0,
         };
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, kind, parent_id, image_index, action, spec, model, lane, \
@@ -82,11 +70,7 @@ impl Store {
         .bind(job.channel_id)
         .execute(&mut *tx)
         .await?;
-
         if inserted.rows_affected() == 0 {
-            // Another user's request holds the interaction id: return that job unchanged.
-            tx.rollback().await?;
-            let mut tx = self.pool.begin().await?;
             let ticket = existing(&mut tx, job)
                 .await?
                 .ok_or(StoreError::NoSuchJob(id))?;
@@ -97,7 +81,20 @@ impl Store {
             });
         }
 
+        // Refusals roll the insert back with the transaction.
+        if user.banned {
+            return Err(Refusal::Banned.into());
+        }
+        self.check_caps(&mut tx, job, id).await?;
         if reserved_ms > 0 {
+            if left_ms < reserved_ms {
+                return Err(Refusal::QuotaExhausted {
+                    left_ms,
+                    needed_ms: reserved_ms,
+                    resets_at: period_end(&self.caps, Utc::now()),
+                }
+                .into());
+            }
             post(&mut tx, job.user_id, -reserved_ms, "reserve", Some(id)).await?;
         }
         tx.commit().await?;
@@ -121,15 +118,26 @@ impl Store {
         &self,
         tx: &mut Transaction<'_, Postgres>,
         job: &NewJob,
+        new_id: Uuid,
     ) -> Result<(), StoreError> {
         let caps = &self.caps;
-        let (queued, recent): (i64, i64) = sqlx::query_as(
+        let today = Utc::now()
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc());
+        let today = today.unwrap_or_else(Utc::now);
+        let (queued, recent, images): (i64, i64, i64) = sqlx::query_as(
             "SELECT COUNT(*) FILTER (WHERE state = 'queued'), \
-                    COUNT(*) FILTER (WHERE queued_at > now() - interval '1 minute') \
-             FROM jobs WHERE user_id = $1 \
-               AND (state = 'queued' OR queued_at > now() - interval '1 minute')",
+                    COUNT(*) FILTER (WHERE queued_at > now() - interval '1 minute'), \
+                    COALESCE(SUM(images) FILTER (WHERE queued_at >= $3 \
+                             AND state NOT IN ('failed', 'cancelled')), 0)::BIGINT \
+             FROM jobs WHERE user_id = $1 AND id <> $2 \
+               AND (state = 'queued' OR queued_at > now() - interval '1 minute' \
+                    OR queued_at >= $3)",
         )
         .bind(job.user_id)
+        .bind(new_id)
+        .bind(today)
         .fetch_one(&mut **tx)
         .await?;
         if queued >= caps.queued_per_user {
@@ -138,20 +146,6 @@ impl Store {
         if recent >= caps.commands_per_minute {
             return Err(Refusal::RateLimited(caps.commands_per_minute).into());
         }
-
-        let today = Utc::now()
-            .date_naive()
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc());
-        let today = today.unwrap_or_else(Utc::now);
-        let images: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(images), 0)::BIGINT FROM jobs \
-             WHERE user_id = $1 AND queued_at >= $2 AND state NOT IN ('failed', 'cancelled')",
-        )
-        .bind(job.user_id)
-        .bind(today)
-        .fetch_one(&mut **tx)
-        .await?;
         if images + i64::from(job.images) > caps.daily_images {
             return Err(Refusal::DailyImages {
                 limit: caps.daily_images,
@@ -174,9 +168,10 @@ impl Store {
                 .await?;
         let max_queued = max_queued.map_or(caps.queued_per_guild, i64::from);
         let guild_queued: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE guild_id = $1 AND state = 'queued'",
+            "SELECT COUNT(*) FROM jobs WHERE guild_id = $1 AND state = 'queued' AND id <> $2",
         )
         .bind(guild_id)
+        .bind(new_id)
         .fetch_one(&mut **tx)
         .await?;
         if guild_queued >= max_queued {

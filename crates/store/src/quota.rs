@@ -41,22 +41,16 @@ pub(crate) async fn post(
     reason: &str,
     job_id: Option<Uuid>,
 ) -> Result<i64, StoreError> {
-    sqlx::query(
-        "INSERT INTO quota_ledger (user_id, delta_ms, reason, job_id) VALUES ($1, $2, $3, $4)",
+    let balance: i64 = sqlx::query_scalar(
+        "WITH entry AS (INSERT INTO quota_ledger (user_id, delta_ms, reason, job_id) \
+                        VALUES ($1, $2, $3, $4)) \
+         UPDATE users SET fast_balance_ms = fast_balance_ms + $2 WHERE id = $1 \
+         RETURNING fast_balance_ms",
     )
     .bind(user_id)
     .bind(delta_ms)
     .bind(reason)
     .bind(job_id)
-    .execute(&mut **tx)
-    .await?;
-
-    let balance: i64 = sqlx::query_scalar(
-        "UPDATE users SET fast_balance_ms = fast_balance_ms + $2 WHERE id = $1 \
-         RETURNING fast_balance_ms",
-    )
-    .bind(user_id)
-    .bind(delta_ms)
     .fetch_one(&mut **tx)
     .await?;
     Ok(balance)
@@ -74,7 +68,17 @@ pub(crate) async fn roll_period(
             .bind(user_id)
             .fetch_one(&mut **tx)
             .await?;
+    roll_locked(tx, caps, user_id, balance, period).await
+}
 
+/// [`roll_period`] for a user row the caller already read under its lock.
+pub(crate) async fn roll_locked(
+    tx: &mut Transaction<'_, Postgres>,
+    caps: &Caps,
+    user_id: i64,
+    balance: i64,
+    period: Option<DateTime<Utc>>,
+) -> Result<i64, StoreError> {
     let current = period_start(caps, Utc::now());
     if period == Some(current) {
         return Ok(balance);
@@ -146,18 +150,37 @@ impl Store {
     }
 }
 
+/// The user's row as a transaction locked it.
+pub(crate) struct LockedUser {
+    pub banned: bool,
+    pub balance_ms: i64,
+    pub period: Option<DateTime<Utc>>,
+}
+
+/// Creates the user's row if needed and locks it for the transaction, in one statement.
+pub(crate) async fn lock_user_row(
+    tx: &mut Transaction<'_, Postgres>,
+    user_id: i64,
+) -> Result<LockedUser, StoreError> {
+    let (banned, balance_ms, period) = sqlx::query_as(
+        "INSERT INTO users (id) VALUES ($1) \
+         ON CONFLICT (id) DO UPDATE SET banned = users.banned \
+         RETURNING banned, fast_balance_ms, quota_period",
+    )
+    .bind(user_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(LockedUser {
+        banned,
+        balance_ms,
+        period,
+    })
+}
+
 /// Creates the user's row if needed and locks it for the transaction; returns `banned`.
 pub(crate) async fn lock_user(
     tx: &mut Transaction<'_, Postgres>,
     user_id: i64,
 ) -> Result<bool, StoreError> {
-    sqlx::query("INSERT INTO users (id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await?;
-    let banned: bool = sqlx::query_scalar("SELECT banned FROM users WHERE id = $1 FOR UPDATE")
-        .bind(user_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(banned)
+    Ok(lock_user_row(tx, user_id).await?.banned)
 }
