@@ -113,6 +113,24 @@ impl Dispatcher {
         })
     }
 
+    /// The prefix of this dispatcher's Redis keys.
+    pub fn prefix(&self) -> &str {
+        &self.config.prefix
+    }
+
+    /// Runs [`Dispatcher::reconcile`] every `interval` until the task is dropped. A failed
+    /// pass is logged and retried at the next tick, since both stores recover on their own.
+    pub async fn reconcile_every(&self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = self.reconcile().await {
+                warn!(%error, "reconcile pass failed; retrying next tick");
+            }
+        }
+    }
+
     /// The store behind this dispatcher.
     pub fn store(&self) -> &Store {
         &self.store

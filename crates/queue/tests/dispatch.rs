@@ -28,6 +28,7 @@ async fn newcomer_starts_within_one_free_slot(pool: PgPool) {
     let second = claim_one(&dispatcher, &spec).await.unwrap();
     assert_eq!(first.ticket.user_id, 1);
     assert_eq!(second.ticket.job_id, single.ticket.job_id);
+    common::flush(dispatcher.prefix()).await;
 }
 
 #[sqlx::test(migrations = "../../migrations")]
@@ -55,6 +56,7 @@ async fn relax_yields_to_fast_but_never_starves(pool: PgPool) {
     let relax = lanes.iter().filter(|lane| **lane == Lane::Relax).count();
     assert_eq!(lanes[0], Lane::Fast);
     assert_eq!(relax, 3, "one relax claim in every 4: {lanes:?}");
+    common::flush(dispatcher.prefix()).await;
 }
 
 #[sqlx::test(migrations = "../../migrations")]
@@ -77,6 +79,7 @@ async fn workers_claim_only_what_they_can_run(pool: PgPool) {
     };
     let claimed = dispatcher.claim(&large).await.unwrap();
     assert_eq!(claimed[0].ticket.job_id, big);
+    common::flush(dispatcher.prefix()).await;
 }
 
 #[sqlx::test(migrations = "../../migrations")]
@@ -102,6 +105,7 @@ async fn batch_claims_share_model_size_sampler_and_steps(pool: PgPool) {
         .iter()
         .all(|c| c.ticket.batch_key == batch[0].ticket.batch_key));
     assert_eq!(dispatcher.claim(&spec).await.unwrap().len(), 1);
+    common::flush(dispatcher.prefix()).await;
 }
 
 #[sqlx::test(migrations = "../../migrations")]
@@ -120,6 +124,7 @@ async fn running_cap_keeps_the_entry_waiting(pool: PgPool) {
     dispatcher.complete("w1", &first, 10, &[]).await.unwrap();
     let next = claim_one(&dispatcher, &spec).await.unwrap();
     assert_eq!(next.ticket.job_id, second.ticket.job_id);
+    common::flush(dispatcher.prefix()).await;
 }
 
 #[sqlx::test(migrations = "../../migrations")]
@@ -164,6 +169,7 @@ async fn retries_back_off_then_fail_with_refund(pool: PgPool) {
     let store = dispatcher.store();
     assert_eq!(store.job(id).await.unwrap().state, JobState::Failed);
     assert_eq!(store.balance(1).await.unwrap().balance_ms, 10_000);
+    common::flush(dispatcher.prefix()).await;
 }
 
 #[sqlx::test(migrations = "../../migrations")]
@@ -205,4 +211,5 @@ async fn position_and_eta_follow_round_robin(pool: PgPool) {
         eta < Duration::from_secs(5),
         "ETA from recent runs: {eta:?}"
     );
+    common::flush(dispatcher.prefix()).await;
 }
