@@ -7,7 +7,7 @@ use tracing::debug;
 use uuid::Uuid;
 
 use crate::model::batch_key;
-use crate::quota::{lock_user_row, period_end, post, roll_locked};
+use crate::quota::{lock_user_row, period_end, roll_locked};
 use crate::{Enqueued, Lane, NewJob, Refusal, Store, StoreError, Ticket};
 
 impl Store {
@@ -31,8 +31,35 @@ impl Store {
             Lane::Relax => 0,
         };
 
-        // Inserting first answers the common case in one statement; a conflict means the
-        // interaction or the button already has a job, which is returned instead.
+        let reserved_ms = match job.lane {
+            Lane::Fast => job.estimate_ms,
+            Lane::Relax => 0,
+        };
+        if user.banned || left_ms < reserved_ms {
+            if let Some(ticket) = existing(&mut tx, job).await? {
+                tx.commit().await?;
+                return Ok(Enqueued {
+                    ticket,
+                    created: false,
+                });
+            }
+            if user.banned {
+                return Err(Refusal::Banned.into());
+            }
+            // Keep the period grant roll_locked may have written.
+            tx.commit().await?;
+            return Err(Refusal::QuotaExhausted {
+                left_ms,
+                needed_ms: reserved_ms,
+                resets_at: period_end(&self.caps, Utc::now()),
+            }
+            .into());
+        }
+
+        // One statement inserts the job, reserves its cost and counts the user's other
+        // jobs (its snapshot is taken under the user's lock, and does not see the new row).
+        // A conflict means the interaction or the button already has a job, returned
+        // instead; a refusal below rolls everything back.
         let id = Uuid::new_v4();
         let spec = serde_json::to_value(&job.spec)?;
         let pixels = i64::from(job.spec.width) * i64::from(job.spec.height);
@@ -40,16 +67,34 @@ impl Store {
             Some((parent, action)) => (Some(*parent), Some(action.as_str())),
             None => (None, None),
         };
-        let reserved_ms = match job.lane {
-            Lane::Fast => job.estimate_ms,
-            Lane::Relax => 0,
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, kind, parent_id, image_index, action, spec, model, lane, \
-             pixels, batch_key, images, max_attempts, reserved_ms, interaction_id, user_id, \
-             guild_id, channel_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-             ON CONFLICT DO NOTHING",
+        let today = Utc::now()
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc());
+        let today = today.unwrap_or_else(Utc::now);
+        let (created, queued, recent, images): (Option<Uuid>, i64, i64, i64) = sqlx::query_as(
+            "WITH counts AS ( \
+                 SELECT COUNT(*) FILTER (WHERE state = 'queued') AS queued, \
+                        COUNT(*) FILTER (WHERE queued_at > now() - interval '1 minute') AS recent, \
+                        COALESCE(SUM(images) FILTER (WHERE queued_at >= $18 \
+                                 AND state NOT IN ('failed', 'cancelled')), 0)::BIGINT AS images \
+                 FROM jobs WHERE user_id = $15 \
+                   AND (state = 'queued' OR queued_at > now() - interval '1 minute' \
+                        OR queued_at >= $18)), \
+             created AS ( \
+                 INSERT INTO jobs (id, kind, parent_id, image_index, action, spec, model, lane, \
+                     pixels, batch_key, images, max_attempts, reserved_ms, interaction_id, \
+                     user_id, guild_id, channel_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                         $17) \
+                 ON CONFLICT DO NOTHING RETURNING id, reserved_ms), \
+             reserve AS ( \
+                 INSERT INTO quota_ledger (user_id, delta_ms, reason, job_id) \
+                 SELECT $15, -reserved_ms, 'reserve', id FROM created WHERE reserved_ms > 0), \
+             balance AS ( \
+                 UPDATE users SET fast_balance_ms = fast_balance_ms - created.reserved_ms \
+                 FROM created WHERE users.id = $15 AND created.reserved_ms > 0) \
+             SELECT (SELECT id FROM created), queued, recent, images FROM counts",
         )
         .bind(id)
         .bind(job.kind.as_str())
@@ -68,9 +113,10 @@ impl Store {
         .bind(job.user_id)
         .bind(job.guild_id)
         .bind(job.channel_id)
-        .execute(&mut *tx)
+        .bind(today)
+        .fetch_one(&mut *tx)
         .await?;
-        if inserted.rows_affected() == 0 {
+        if created.is_none() {
             let ticket = existing(&mut tx, job)
                 .await?
                 .ok_or(StoreError::NoSuchJob(id))?;
@@ -81,21 +127,22 @@ impl Store {
             });
         }
 
-        // Refusals roll the insert back with the transaction.
-        if user.banned {
-            return Err(Refusal::Banned.into());
+        let caps = &self.caps;
+        if queued >= caps.queued_per_user {
+            return Err(Refusal::UserQueueFull(queued).into());
         }
-        self.check_caps(&mut tx, job, id).await?;
-        if reserved_ms > 0 {
-            if left_ms < reserved_ms {
-                return Err(Refusal::QuotaExhausted {
-                    left_ms,
-                    needed_ms: reserved_ms,
-                    resets_at: period_end(&self.caps, Utc::now()),
-                }
-                .into());
+        if recent >= caps.commands_per_minute {
+            return Err(Refusal::RateLimited(caps.commands_per_minute).into());
+        }
+        if images + i64::from(job.images) > caps.daily_images {
+            return Err(Refusal::DailyImages {
+                limit: caps.daily_images,
+                resets_at: today + Duration::days(1),
             }
-            post(&mut tx, job.user_id, -reserved_ms, "reserve", Some(id)).await?;
+            .into());
+        }
+        if let Some(guild_id) = job.guild_id {
+            self.check_guild(&mut tx, job, guild_id, id).await?;
         }
         tx.commit().await?;
         debug!(job = %id, user = job.user_id, lane = job.lane.as_str(), "job queued");
@@ -114,49 +161,14 @@ impl Store {
         })
     }
 
-    async fn check_caps(
+    async fn check_guild(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         job: &NewJob,
+        guild_id: i64,
         new_id: Uuid,
     ) -> Result<(), StoreError> {
         let caps = &self.caps;
-        let today = Utc::now()
-            .date_naive()
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc());
-        let today = today.unwrap_or_else(Utc::now);
-        let (queued, recent, images): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*) FILTER (WHERE state = 'queued'), \
-                    COUNT(*) FILTER (WHERE queued_at > now() - interval '1 minute'), \
-                    COALESCE(SUM(images) FILTER (WHERE queued_at >= $3 \
-                             AND state NOT IN ('failed', 'cancelled')), 0)::BIGINT \
-             FROM jobs WHERE user_id = $1 AND id <> $2 \
-               AND (state = 'queued' OR queued_at > now() - interval '1 minute' \
-                    OR queued_at >= $3)",
-        )
-        .bind(job.user_id)
-        .bind(new_id)
-        .bind(today)
-        .fetch_one(&mut **tx)
-        .await?;
-        if queued >= caps.queued_per_user {
-            return Err(Refusal::UserQueueFull(queued).into());
-        }
-        if recent >= caps.commands_per_minute {
-            return Err(Refusal::RateLimited(caps.commands_per_minute).into());
-        }
-        if images + i64::from(job.images) > caps.daily_images {
-            return Err(Refusal::DailyImages {
-                limit: caps.daily_images,
-                resets_at: today + Duration::days(1),
-            }
-            .into());
-        }
-
-        let Some(guild_id) = job.guild_id else {
-            return Ok(());
-        };
         sqlx::query("INSERT INTO guilds (id) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(guild_id)
             .execute(&mut **tx)
