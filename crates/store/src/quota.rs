@@ -108,27 +108,6 @@ pub(crate) async fn refund(
     Ok(())
 }
 
-/// Settles a finished job: returns the unused part of the reservation, or charges what the
-/// job ran over it as far as the balance allows. Returns the job's cost.
-pub(crate) async fn settle(
-    tx: &mut Transaction<'_, Postgres>,
-    user_id: i64,
-    job_id: Uuid,
-    reserved_ms: i64,
-    measured_ms: i64,
-) -> Result<i64, StoreError> {
-    let mut delta = reserved_ms - measured_ms;
-    if delta < 0 {
-        let balance: i64 = sqlx::query_scalar("SELECT fast_balance_ms FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_one(&mut **tx)
-            .await?;
-        delta = delta.max(-balance);
-    }
-    post(tx, user_id, delta, "settle", Some(job_id)).await?;
-    Ok(reserved_ms - delta)
-}
-
 impl Store {
     /// The user's fast-lane balance in the current period, with its ledger sum.
     pub async fn balance(&self, user_id: i64) -> Result<Balance, StoreError> {
