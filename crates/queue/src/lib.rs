@@ -1,6 +1,6 @@
 //! Dispatch of jobs from the gateway to GPU workers through Redis, with Postgres (through
-//! `huaxian-store`) as the source of truth. See `DESIGN.md` for why per-user lists and a
-//! round-robin ring stand in for streams.
+//! `huaxian-store`) as the source of truth. ARCHITECTURE.md ("Dispatch") says why per-user
+//! lists and a round-robin ring stand in for streams.
 //!
 //! Invariants:
 //! - A job's row is committed before its dispatch entry exists ([`Dispatcher::submit`]).
