@@ -11,7 +11,7 @@ targets (huaxian at most 0.9x diffusers' time and 0.8x its memory on CPU).
 
 import argparse
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +38,8 @@ def main():
     parser.add_argument("--model", default=str(ROOT / "bench-out/sd15-random"))
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--huaxian", default=str(ROOT / "target/release/huaxian"))
+    parser.add_argument("--runs", type=int, default=3,
+                        help="runs of each side, alternating; the median is reported")
     args = parser.parse_args()
 
     subprocess.run([sys.executable, str(ROOT / "scripts/bench/make_sd15.py"), args.model], check=True)
@@ -48,26 +50,33 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     out = ROOT / "bench-out"
 
-    ours = run(
-        "huaxian",
-        [args.huaxian, "generate", "--model", args.model, "--prompt",
-         "a lighthouse on a cliff at dusk, oil painting", "--negative", "blurry",
-         "--seed", "1234", "--steps", str(steps), "--sampler", "ddim", "--guidance", "7",
-         "--width", str(size), "--height", str(size), "--count", str(count),
-         "--device", device, "--dtype", dtype, "--out", str(out / "huaxian")],
-        env,
-    )
-    theirs = run(
-        "diffusers",
-        [sys.executable, str(ROOT / "scripts/bench/diffusers_generate.py"), args.model,
-         str(out / "diffusers"), device, dtype, str(size), str(count), str(steps)],
-        env,
-    )
+    ours_argv = [
+        args.huaxian, "generate", "--model", args.model, "--prompt",
+        "a lighthouse on a cliff at dusk, oil painting", "--negative", "blurry",
+        "--seed", "1234", "--steps", str(steps), "--sampler", "ddim", "--guidance", "7",
+        "--width", str(size), "--height", str(size), "--count", str(count),
+        "--device", device, "--dtype", dtype, "--out", str(out / "huaxian")]
+    theirs_argv = [
+        sys.executable, str(ROOT / "scripts/bench/diffusers_generate.py"), args.model,
+        str(out / "diffusers"), device, dtype, str(size), str(count), str(steps)]
+
+    # Shared machines drift: alternate the two sides and report medians, with every run
+    # printed so the spread is visible.
+    ours_runs, theirs_runs = [], []
+    for i in range(args.runs):
+        ours_runs.append(run("huaxian", ours_argv, env))
+        theirs_runs.append(run("diffusers", theirs_argv, env))
+        print(f"run {i + 1}: huaxian {ours_runs[-1][0]:.1f} s {ours_runs[-1][1]:.2f} GiB, "
+              f"diffusers {theirs_runs[-1][0]:.1f} s {theirs_runs[-1][1]:.2f} GiB", flush=True)
+    ours = (statistics.median(r[0] for r in ours_runs), statistics.median(r[1] for r in ours_runs))
+    theirs = (statistics.median(r[0] for r in theirs_runs),
+              statistics.median(r[1] for r in theirs_runs))
 
     target_time, target_rss = (0.8, None) if args.gpu else (0.9, 0.8)
     print()
     print(f"setting: {device} {dtype}, {size}x{size}, {count} images, {steps} DDIM steps, "
           f"CFG 7, {args.threads} threads")
+    print(f"medians of {args.runs} alternating runs")
     print(f"{'':10} {'wall s':>8} {'peak RSS GiB':>13}")
     print(f"{'huaxian':10} {ours[0]:8.1f} {ours[1]:13.2f}")
     print(f"{'diffusers':10} {theirs[0]:8.1f} {theirs[1]:13.2f}")
