@@ -40,7 +40,8 @@ impl Default for LoadOptions {
 pub struct StableDiffusion {
     pub name: String,
     pub tokenizer: ClipTokenizer,
-    pub text_encoder: ClipTextEncoder,
+    /// `None` once released with [`StableDiffusion::release_text_encoder`].
+    pub text_encoder: Option<ClipTextEncoder>,
     pub unet: UNet,
     pub vae: Vae,
     pub scheduler: SchedulerConfig,
@@ -76,6 +77,20 @@ impl StableDiffusion {
             "model loaded"
         );
         Ok(model)
+    }
+
+    /// Frees the text encoder. A one-shot render encodes its prompts first
+    /// ([`crate::pipeline::encode`]) and releases it, so it is not resident beside the UNet.
+    pub fn release_text_encoder(&mut self) {
+        self.text_encoder = None;
+    }
+
+    pub(crate) fn text_encoder(&self) -> Result<&ClipTextEncoder> {
+        self.text_encoder.as_ref().ok_or_else(|| {
+            Error::InvalidRequest(
+                "the text encoder was released; encode prompts before releasing it".into(),
+            )
+        })
     }
 
     /// Pixels per latent cell along each axis.
@@ -154,7 +169,7 @@ fn load_folder(dir: &Path, options: &LoadOptions) -> Result<StableDiffusion> {
     Ok(StableDiffusion {
         name: display_name(dir),
         tokenizer,
-        text_encoder,
+        text_encoder: Some(text_encoder),
         unet,
         vae,
         scheduler,
@@ -252,7 +267,7 @@ fn load_single_file(path: &Path, options: &LoadOptions) -> Result<StableDiffusio
     Ok(StableDiffusion {
         name: display_name(path),
         tokenizer,
-        text_encoder,
+        text_encoder: Some(text_encoder),
         unet,
         vae,
         scheduler,

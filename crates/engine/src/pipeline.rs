@@ -167,7 +167,7 @@ fn encode_prompts(
             .iter()
             .map(|w| {
                 model
-                    .text_encoder
+                    .text_encoder()?
                     .forward(&ids_tensor(w, model.device), skip)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -195,9 +195,36 @@ pub fn generate(
     requests: &[Request],
     progress: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
 ) -> Result<Vec<Output>> {
-    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        render(model, requests, progress)
-    }));
+    let encoded = encode(model, requests)?;
+    generate_encoded(model, requests, encoded, progress)
+}
+
+/// The prompts of a batch, encoded: what the UNet attends to.
+pub struct Encoded {
+    contexts: Vec<Tensor>,
+    tokens: Vec<usize>,
+    guided: bool,
+    seconds: f64,
+}
+
+/// Validates `requests` and encodes their prompts, so the text encoder can be released
+/// before rendering.
+pub fn encode(model: &StableDiffusion, requests: &[Request]) -> Result<Encoded> {
+    guarded(|| encode_batch(model, requests))
+}
+
+/// Renders `requests` from prompts [`encode`]d for them.
+pub fn generate_encoded(
+    model: &StableDiffusion,
+    requests: &[Request],
+    encoded: Encoded,
+    progress: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
+) -> Result<Vec<Output>> {
+    guarded(|| render(model, requests, encoded, progress))
+}
+
+fn guarded<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
     attempt.unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<String>()
@@ -208,47 +235,70 @@ pub fn generate(
     })
 }
 
-fn render(
-    model: &StableDiffusion,
-    requests: &[Request],
-    progress: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
-) -> Result<Vec<Output>> {
-    let Some(first) = requests.first() else {
-        return Ok(Vec::new());
-    };
-    for request in requests {
-        request.validate(model)?;
-        if !first.batches_with(request) {
-            return Err(Error::InvalidRequest(
-                "requests in one batch must share size, sampler, steps and strength".into(),
-            ));
+fn encode_batch(model: &StableDiffusion, requests: &[Request]) -> Result<Encoded> {
+    let started = Instant::now();
+    if let Some(first) = requests.first() {
+        for request in requests {
+            request.validate(model)?;
+            if !first.batches_with(request) {
+                return Err(Error::InvalidRequest(
+                    "requests in one batch must share size, sampler, steps and strength".into(),
+                ));
+            }
         }
     }
     let _no_grad = tch::no_grad_guard();
-    let started = Instant::now();
     let guided = requests.iter().any(|r| r.guidance > 1.0);
-    let device = model.device;
-    let factor = model.downscale_factor();
-    let channels = model.unet.config().in_channels;
-    let latent_shape = [channels, first.height / factor, first.width / factor];
-    let scaling = model.vae.config().scaling_factor;
-
     let mut contexts = Vec::new();
     let mut windows = None;
-    let mut prompt_tokens = Vec::new();
+    let mut tokens = Vec::new();
     for request in requests {
-        let (context, tokens) = encode_prompts(model, request, guided)?;
+        let (context, count) = encode_prompts(model, request, guided)?;
         let len = context.size()[1];
         if *windows.get_or_insert(len) != len {
             return Err(Error::InvalidRequest(
                 "requests in one batch must need the same number of 77-token windows".into(),
             ));
         }
-        prompt_tokens.push(tokens);
+        tokens.push(count);
         contexts.push(context.to_kind(model.kind));
     }
+    Ok(Encoded {
+        contexts,
+        tokens,
+        guided,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
 
-    let encoded = Instant::now();
+fn render(
+    model: &StableDiffusion,
+    requests: &[Request],
+    encoded: Encoded,
+    progress: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>,
+) -> Result<Vec<Output>> {
+    let Some(first) = requests.first() else {
+        return Ok(Vec::new());
+    };
+    if encoded.contexts.len() != requests.len() {
+        return Err(Error::InvalidRequest(
+            "the encoded prompts belong to another batch".into(),
+        ));
+    }
+    let _no_grad = tch::no_grad_guard();
+    let encoded_at = Instant::now();
+    let Encoded {
+        contexts,
+        tokens: prompt_tokens,
+        guided,
+        seconds: encode_seconds,
+    } = encoded;
+    let device = model.device;
+    let factor = model.downscale_factor();
+    let channels = model.unet.config().in_channels;
+    let latent_shape = [channels, first.height / factor, first.width / factor];
+    let scaling = model.vae.config().scaling_factor;
+
     let mut samplers = Vec::new();
     let mut rngs: Vec<Vec<TorchRng>> = Vec::new();
     let mut latents = Vec::new();
@@ -362,8 +412,8 @@ fn render(
         requests = requests.len(),
         images = requests.iter().map(|r| r.count).sum::<usize>(),
         steps = total - begin,
-        encode_s = format!("{:.2}", (encoded - started).as_secs_f64()),
-        denoise_s = format!("{:.2}", (denoised - encoded).as_secs_f64()),
+        encode_s = format!("{encode_seconds:.2}"),
+        denoise_s = format!("{:.2}", (denoised - encoded_at).as_secs_f64()),
         decode_s = format!("{:.2}", (done - denoised).as_secs_f64()),
         "render finished"
     );

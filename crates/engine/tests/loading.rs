@@ -152,7 +152,11 @@ fn single_file_family_is_detected_from_shapes() {
     }
     let sd2 = load("models/sd2");
     assert_eq!(
-        sd2.text_encoder.config().num_hidden_layers,
+        sd2.text_encoder
+            .as_ref()
+            .expect("loaded")
+            .config()
+            .num_hidden_layers,
         2,
         "SD 2.x conditions on the penultimate OpenCLIP layer"
     );
@@ -388,4 +392,26 @@ fn a_failure_inside_a_render_comes_back_as_an_error() {
     });
     let error = result.err().expect("an error, not an unwind");
     assert!(error.is_out_of_memory(), "{error}");
+}
+
+#[test]
+fn prompts_encoded_before_releasing_the_text_encoder_render_the_same() {
+    let mut model = load("models/sd1");
+    let request = quick_request(3);
+    let together = render(&model, &request);
+
+    let requests = std::slice::from_ref(&request);
+    let encoded = huaxian_engine::pipeline::encode(&model, requests).expect("encodes");
+    model.release_text_encoder();
+    let apart = huaxian_engine::pipeline::generate_encoded(&model, requests, encoded, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("renders")
+    .remove(0)
+    .images;
+    assert_eq!(together, apart);
+
+    let again = generate(&model, requests, &mut |_| ControlFlow::Continue(()));
+    let message = again.err().expect("no text encoder").to_string();
+    assert!(message.contains("text encoder was released"), "{message}");
 }

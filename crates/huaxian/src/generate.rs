@@ -132,7 +132,7 @@ pub fn run(args: Args) -> Result<()> {
         kind,
         config_dir: args.config.clone(),
     };
-    let model = StableDiffusion::load(&model_path, &options)?;
+    let mut model = StableDiffusion::load(&model_path, &options)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let request = Request {
         prompt: args.prompt,
@@ -164,7 +164,11 @@ pub fn run(args: Args) -> Result<()> {
         bar.set_position(info.step as u64);
         ControlFlow::Continue(())
     };
-    let outputs = pipeline::generate(&model, std::slice::from_ref(&request), &mut progress)?;
+    // One render: encode the prompts, then free the text encoder before the UNet runs.
+    let requests = std::slice::from_ref(&request);
+    let encoded = pipeline::encode(&model, requests)?;
+    model.release_text_encoder();
+    let outputs = pipeline::generate_encoded(&model, requests, encoded, &mut progress)?;
     bar.finish_and_clear();
 
     let output = outputs
