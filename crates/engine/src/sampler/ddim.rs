@@ -4,7 +4,7 @@
 use tch::Tensor;
 
 use super::config::{Class, PredictionType, SchedulerConfig, TimestepSpacing};
-use super::schedule::{alphas_cumprod, arange, at, linspace};
+use super::schedule::{alphas_cumprod, at, linspace, trailing};
 use super::{lincomb, Solver, Stepped};
 use crate::{Error, Result};
 
@@ -83,13 +83,7 @@ fn integer_timesteps(
                 .map(|i| i * ratio + steps_offset)
                 .collect()
         }
-        TimestepSpacing::Trailing => {
-            let ratio = train_steps as f64 / steps as f64;
-            arange(train_steps as f64, 0.0, -ratio)
-                .into_iter()
-                .map(|t| t.round_ties_even() as i64 - 1)
-                .collect()
-        }
+        TimestepSpacing::Trailing => trailing(train_steps as f64, train_steps, steps),
     }
 }
 

@@ -7,8 +7,8 @@ use tch::Tensor;
 
 use super::config::{Class, FinalSigmas, PredictionType, SchedulerConfig, TimestepSpacing};
 use super::schedule::{
-    alphas_cumprod, arange, exponential_sigmas, interp_on_index, karras_sigmas, lambda_table,
-    linspace, log_sigma_table, sigma_table, sigma_to_t,
+    alphas_cumprod, exponential_sigmas, interp_on_index, karras_sigmas, lambda_table, linspace,
+    log_sigma_table, sigma_table, sigma_to_t, trailing,
 };
 use super::{lincomb, Solver, Stepped};
 use crate::Result;
@@ -473,13 +473,7 @@ fn integer_timesteps(
                 .map(|i| i * ratio + steps_offset)
                 .collect()
         }
-        TimestepSpacing::Trailing => {
-            let ratio = train_steps as f64 / steps as f64;
-            arange(last_timestep as f64, 0.0, -ratio)
-                .into_iter()
-                .map(|t| t.round_ties_even() as i64 - 1)
-                .collect()
-        }
+        TimestepSpacing::Trailing => trailing(last_timestep as f64, train_steps, steps),
     }
 }
 

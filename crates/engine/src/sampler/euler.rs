@@ -7,8 +7,8 @@ use tch::Tensor;
 
 use super::config::{Class, FinalSigmas, PredictionType, SchedulerConfig, TimestepSpacing};
 use super::schedule::{
-    alphas_cumprod, arange, exponential_sigmas, interp_on_index, karras_sigmas, linspace,
-    log_linear_sigmas, log_sigma_table, sigma_table, sigma_to_t,
+    alphas_cumprod, exponential_sigmas, interp_on_index, karras_sigmas, linspace,
+    log_linear_sigmas, log_sigma_table, sigma_table, sigma_to_t, trailing,
 };
 use super::{Solver, Stepped};
 use crate::Result;
@@ -212,13 +212,10 @@ fn float_timesteps(
                 .map(|i| (i * ratio) as f32 + steps_offset as f32)
                 .collect()
         }
-        TimestepSpacing::Trailing => {
-            let ratio = train_steps as f64 / steps as f64;
-            arange(train_steps as f64, 0.0, -ratio)
-                .into_iter()
-                .map(|t| t.round_ties_even() as f32 - 1.0)
-                .collect()
-        }
+        TimestepSpacing::Trailing => trailing(train_steps as f64, train_steps, steps)
+            .into_iter()
+            .map(|t| t as f32)
+            .collect(),
     }
 }
 

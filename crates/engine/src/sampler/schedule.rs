@@ -138,6 +138,16 @@ pub(crate) fn linspace(start: f64, stop: f64, num: usize, endpoint: bool) -> Vec
 
 /// `numpy.arange` with a float step: the length is `ceil((stop - start) / step)` and the
 /// entries are `start + i * d`, where `d` is re-derived from the first two entries.
+/// diffusers' "trailing" spacing: `steps` timesteps counting down from `start` in strides of
+/// `train_steps / steps`, rounded half to even, minus one.
+pub(crate) fn trailing(start: f64, train_steps: usize, steps: usize) -> Vec<i64> {
+    let ratio = train_steps as f64 / steps as f64;
+    arange(start, 0.0, -ratio)
+        .into_iter()
+        .map(|t| t.round_ties_even() as i64 - 1)
+        .collect()
+}
+
 pub(crate) fn arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = ((stop - start) / step).ceil();
     if len.is_nan() || len <= 0.0 {
