@@ -186,3 +186,33 @@ pub fn latent_preview(latents: &Tensor) -> Result<Vec<RgbImage>> {
     let rgb = Tensor::einsum("bchw,cd->bdhw", &[&latents, &map], None::<i64>);
     tensor_to_images(&rgb)
 }
+
+/// Encodes `image` as JPEG no larger than `max_bytes`: at falling quality first, then at
+/// falling sizes. Errors only when even a 16-pixel-wide thumbnail does not fit.
+pub fn jpeg_within(image: &RgbImage, max_bytes: usize) -> Result<Vec<u8>> {
+    let mut current = image.clone();
+    loop {
+        for quality in [90u8, 80, 70, 55, 40] {
+            let mut bytes = Vec::new();
+            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality);
+            current
+                .write_with_encoder(encoder)
+                .map_err(|e| Error::InvalidRequest(format!("cannot encode JPEG: {e}")))?;
+            if bytes.len() <= max_bytes {
+                return Ok(bytes);
+            }
+        }
+        let (width, height) = current.dimensions();
+        if width <= 16 || height <= 16 {
+            return Err(Error::InvalidRequest(format!(
+                "the image does not fit in {max_bytes} bytes even as a thumbnail"
+            )));
+        }
+        current = imageops::resize(
+            &current,
+            (width * 3 / 4).max(1),
+            (height * 3 / 4).max(1),
+            imageops::FilterType::Triangle,
+        );
+    }
+}

@@ -20,21 +20,38 @@ use crate::{Error, Result, StableDiffusion};
 pub const MAX_SIDE: i64 = 4096;
 /// The most images one request may ask for.
 pub const MAX_COUNT: usize = 16;
+/// The most images one init may blend.
+pub const MAX_BLEND: usize = 8;
 /// Latent sides above this decode in tiles.
 const TILE_LATENTS: i64 = 96;
 
-/// An image to start from, and how far from it to go.
+/// The image to start from, and how far from it to go.
 #[derive(Clone)]
 pub struct InitImage {
-    pub image: RgbImage,
+    /// One image, or several to blend: their latents are averaged (see [`encode_image`]).
+    pub images: Vec<RgbImage>,
     /// 0 keeps the image, 1 ignores it.
     pub strength: f64,
+}
+
+impl InitImage {
+    /// Starts from one image.
+    pub fn new(image: RgbImage, strength: f64) -> Self {
+        InitImage {
+            images: vec![image],
+            strength,
+        }
+    }
 }
 
 /// What to render.
 #[derive(Clone)]
 pub struct Request {
     pub prompt: String,
+    /// A weighted multi-prompt (`text::weight` parts). When set, it conditions the render
+    /// instead of `prompt`, which then only names the render in metadata: each part is
+    /// encoded alone and the embeddings are averaged by weight (see [`encode_prompts`]).
+    pub parts: Vec<(String, f64)>,
     pub negative: String,
     pub width: i64,
     pub height: i64,
@@ -48,12 +65,17 @@ pub struct Request {
     /// Text-encoder layers to skip from the end (diffusers' `clip_skip`).
     pub clip_skip: usize,
     pub init: Option<InitImage>,
+    /// Stop after this many steps of the schedule and decode the model's estimate of the
+    /// clean image at that point (Midjourney's `--stop`): softer, less detailed pictures.
+    /// `None` runs every step.
+    pub stop_at: Option<usize>,
 }
 
 impl Request {
     pub fn new(prompt: impl Into<String>) -> Self {
         Request {
             prompt: prompt.into(),
+            parts: Vec::new(),
             negative: String::new(),
             width: 512,
             height: 512,
@@ -64,6 +86,7 @@ impl Request {
             count: 1,
             clip_skip: 0,
             init: None,
+            stop_at: None,
         }
     }
 
@@ -100,15 +123,30 @@ impl Request {
                 self.guidance
             ));
         }
+        if !self.parts.is_empty() {
+            let total: f64 = self.parts.iter().map(|(_, w)| w).sum();
+            if self.parts.iter().any(|(_, w)| !w.is_finite()) || total.is_nan() || total <= 0.0 {
+                return bad(format!(
+                    "multi-prompt weights must be finite and add up to a positive total, got {total}"
+                ));
+            }
+        }
         if let Some(init) = &self.init {
             if !(init.strength > 0.0 && init.strength <= 1.0) {
                 return bad(format!("strength must be in (0, 1], got {}", init.strength));
+            }
+            if init.images.is_empty() || init.images.len() > MAX_BLEND {
+                return bad(format!(
+                    "an init needs 1 to {MAX_BLEND} images, got {}",
+                    init.images.len()
+                ));
             }
         }
         Ok(())
     }
 
-    /// Same size, sampler, steps and starting point: these requests can share a UNet batch.
+    /// Same size, sampler, steps, starting point and stop: these requests can share a UNet
+    /// batch.
     pub fn batches_with(&self, other: &Request) -> bool {
         let strength = |r: &Request| r.init.as_ref().map(|i| i.strength);
         self.width == other.width
@@ -116,6 +154,7 @@ impl Request {
             && self.sampler == other.sampler
             && self.steps == other.steps
             && strength(self) == strength(other)
+            && self.stop_at == other.stop_at
     }
 }
 
@@ -149,21 +188,48 @@ pub struct Output {
     pub prompt_tokens: usize,
 }
 
+/// How many 77-token windows the request's prompts need: requests in one batch must need
+/// the same number.
+pub fn windows_needed(model: &StableDiffusion, request: &Request) -> Result<usize> {
+    let tokenizer = &model.tokenizer;
+    let mut windows = tokenizer
+        .encode_chunked(&request.negative, 1)?
+        .windows
+        .len();
+    if request.parts.is_empty() {
+        windows = windows.max(tokenizer.encode_chunked(&request.prompt, 1)?.windows.len());
+    }
+    for (text, _) in &request.parts {
+        windows = windows.max(tokenizer.encode_chunked(text, 1)?.windows.len());
+    }
+    Ok(windows)
+}
+
 /// The text conditioning of one request: `[2, tokens, width]` (negative, positive) or
 /// `[1, tokens, width]` without guidance.
+///
+/// A multi-prompt's parts are padded to the same number of 77-token windows, encoded one
+/// by one, and combined as `Σ wᵢ·cᵢ / Σ wᵢ`. A negative weight therefore pushes the
+/// conditioning away from its part, and weights only matter relative to each other, as in
+/// Midjourney, where `a::2 b` equals `a::4 b::2`.
 fn encode_prompts(
     model: &StableDiffusion,
     request: &Request,
     guided: bool,
 ) -> Result<(Tensor, usize)> {
     let tokenizer = &model.tokenizer;
-    let positive = tokenizer.encode_chunked(&request.prompt, 1)?;
-    let negative = tokenizer.encode_chunked(&request.negative, positive.windows.len())?;
-    let windows = positive.windows.len().max(negative.windows.len());
-    let positive = tokenizer.encode_chunked(&request.prompt, windows)?;
+    let single = [(request.prompt.clone(), 1.0)];
+    let parts: &[(String, f64)] = if request.parts.is_empty() {
+        &single
+    } else {
+        &request.parts
+    };
+    let windows = windows_needed(model, request)?;
 
-    let encode = |ids: &[Vec<u32>], skip: usize| -> Result<Tensor> {
-        let parts = ids
+    let encode = |text: &str, skip: usize| -> Result<(Tensor, usize)> {
+        let chunks = tokenizer.encode_chunked(text, windows)?;
+        let parts = chunks
+            .windows
             .iter()
             .map(|w| {
                 model
@@ -171,17 +237,33 @@ fn encode_prompts(
                     .forward(&ids_tensor(w, model.device), skip)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&parts, 1))
+        Ok((Tensor::cat(&parts, 1), chunks.tokens))
     };
-    let cond = encode(&positive.windows, request.clip_skip)?;
+    let total: f64 = parts.iter().map(|(_, weight)| weight).sum();
+    let mut cond: Option<Tensor> = None;
+    let mut tokens = 0;
+    for (text, weight) in parts {
+        let (embedding, count) = encode(text, request.clip_skip)?;
+        tokens = tokens.max(count);
+        let weighted = if parts.len() == 1 {
+            embedding
+        } else {
+            embedding * (weight / total)
+        };
+        cond = Some(match cond {
+            Some(sum) => sum + weighted,
+            None => weighted,
+        });
+    }
+    let cond = cond.ok_or_else(|| Error::InvalidRequest("the prompt has no parts".into()))?;
     // diffusers applies clip skip to the prompt only, never to the negative prompt; we match
     // it so a seed renders the same image in both.
     let context = if guided {
-        Tensor::cat(&[encode(&negative.windows, 0)?, cond], 0)
+        Tensor::cat(&[encode(&request.negative, 0)?.0, cond], 0)
     } else {
         cond
     };
-    Ok((context, positive.tokens))
+    Ok((context, tokens))
 }
 
 /// Renders `requests` as one batch. `progress` runs after every step; returning
@@ -242,7 +324,8 @@ fn encode_batch(model: &StableDiffusion, requests: &[Request]) -> Result<Encoded
             request.validate(model)?;
             if !first.batches_with(request) {
                 return Err(Error::InvalidRequest(
-                    "requests in one batch must share size, sampler, steps and strength".into(),
+                    "requests in one batch must share size, sampler, steps, strength and stop"
+                        .into(),
                 ));
             }
         }
@@ -331,8 +414,12 @@ fn render(
             "strength is too low for the number of steps: no step would run; raise either".into(),
         ));
     }
+    // `--stop` ends the schedule early, but never before one step has run.
+    let end = first
+        .stop_at
+        .map_or(total, |stop| stop.clamp(begin + 1, total));
     let context = Tensor::cat(&contexts, 0);
-    for step in begin..total {
+    for step in begin..end {
         let mut inputs = Vec::new();
         let mut timesteps = Vec::new();
         for ((sampler, _), x) in samplers.iter().zip(&latents) {
@@ -379,14 +466,21 @@ fn render(
 
         let info = StepInfo {
             step: step + 1 - begin,
-            steps: total - begin,
+            steps: end - begin,
             latents: &latents,
         };
         if progress(&info).is_break() {
             return Err(Error::Cancelled {
                 step: step + 1 - begin,
-                steps: total - begin,
+                steps: end - begin,
             });
+        }
+    }
+    if end < total {
+        for ((sampler, _), x) in samplers.iter().zip(latents.iter_mut()) {
+            if let Some(denoised) = sampler.denoised() {
+                *x = denoised.shallow_clone();
+            }
         }
     }
 
@@ -411,7 +505,7 @@ fn render(
     tracing::info!(
         requests = requests.len(),
         images = requests.iter().map(|r| r.count).sum::<usize>(),
-        steps = total - begin,
+        steps = end - begin,
         encode_s = format!("{encode_seconds:.2}"),
         denoise_s = format!("{:.2}", (denoised - encoded_at).as_secs_f64()),
         decode_s = format!("{:.2}", (done - denoised).as_secs_f64()),
@@ -434,8 +528,14 @@ fn expand_context(context: &Tensor, requests: &[Request], guided: bool) -> Tenso
     Tensor::cat(&parts, 0)
 }
 
-/// Encodes the init image once per image of the request, sampling the latent distribution
-/// with that image's generator, as diffusers does with a list of generators.
+/// Encodes the init once per image of the request, sampling the latent distribution with
+/// that image's generator, as diffusers does with a list of generators.
+///
+/// Several init images are blended in latent space: the mean of their latent means, then
+/// rescaled per channel to the inputs' average mean and spread. A plain average of unrelated
+/// latents has a smaller spread than any of them and decodes washed out; restoring the
+/// spread keeps the blend as contrasted as its inputs, and the denoising that follows turns
+/// the superposition into one coherent picture.
 fn encode_image(
     model: &StableDiffusion,
     init: &InitImage,
@@ -443,11 +543,35 @@ fn encode_image(
     generators: &mut [TorchRng],
     scaling: f64,
 ) -> Result<Tensor> {
-    let image = fit(&init.image, request.width as u32, request.height as u32);
-    let pixels = image_to_tensor(&image, model.device)?.to_kind(model.vae_kind);
-    let (mean, logvar) = model.vae.encode(&pixels);
-    let mean = mean.to_kind(Kind::Float);
-    let std = (logvar.to_kind(Kind::Float) * 0.5).exp();
+    let mut means = Vec::new();
+    let mut stds = Vec::new();
+    for image in &init.images {
+        let image = fit(image, request.width as u32, request.height as u32);
+        let pixels = image_to_tensor(&image, model.device)?.to_kind(model.vae_kind);
+        let (mean, logvar) = model.vae.encode(&pixels);
+        means.push(mean.to_kind(Kind::Float));
+        stds.push((logvar.to_kind(Kind::Float) * 0.5).exp());
+    }
+    let (mean, std) = match (means.as_slice(), stds.as_slice()) {
+        ([mean], [std]) => (mean.shallow_clone(), std.shallow_clone()),
+        _ => {
+            let stacked = Tensor::cat(&means, 0);
+            let dims: &[i64] = &[2, 3];
+            let target_mean =
+                stacked
+                    .mean_dim(dims, true, Kind::Float)
+                    .mean_dim(0, true, Kind::Float);
+            let target_spread = stacked
+                .std_dim(dims, true, true)
+                .mean_dim(0, true, Kind::Float);
+            let blended = stacked.mean_dim(0, true, Kind::Float);
+            let centred = &blended - blended.mean_dim(dims, true, Kind::Float);
+            let spread = centred.std_dim(dims, true, true).clamp_min(1e-6);
+            let mean = centred / spread * target_spread + target_mean;
+            let std = Tensor::cat(&stds, 0).mean_dim(0, true, Kind::Float);
+            (mean, std)
+        }
+    };
     let shape: Vec<i64> = mean.size()[1..].to_vec();
     let mut samples = Vec::new();
     for generator in generators.iter_mut() {
@@ -476,9 +600,15 @@ pub fn parameters_text(model: &StableDiffusion, request: &Request, seed: u64) ->
     ));
     if let Some(init) = &request.init {
         text.push_str(&format!(", Denoising strength: {}", init.strength));
+        if init.images.len() > 1 {
+            text.push_str(&format!(", Blend: {} images", init.images.len()));
+        }
     }
     if request.clip_skip > 0 {
         text.push_str(&format!(", Clip skip: {}", request.clip_skip + 1));
+    }
+    if let Some(stop) = request.stop_at.filter(|stop| *stop < request.steps) {
+        text.push_str(&format!(", Stop at step: {stop}"));
     }
     text
 }

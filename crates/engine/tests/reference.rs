@@ -35,10 +35,10 @@ fn request_for(case: &Value) -> Request {
     request.count = case["num_images_per_prompt"].as_u64().expect("count") as usize;
     request.clip_skip = case["clip_skip"].as_u64().unwrap_or(0) as usize;
     if let Some(path) = case["init_image"].as_str() {
-        request.init = Some(InitImage {
-            image: read_image(&fixtures().join(path)).expect("init image"),
-            strength: case["strength"].as_f64().expect("strength"),
-        });
+        request.init = Some(InitImage::new(
+            read_image(&fixtures().join(path)).expect("init image"),
+            case["strength"].as_f64().expect("strength"),
+        ));
     }
     request
 }

@@ -118,10 +118,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let init = match &args.init_image {
-        Some(path) => Some(InitImage {
-            image: read_image(path)?,
-            strength: args.strength,
-        }),
+        Some(path) => Some(InitImage::new(read_image(path)?, args.strength)),
         None => None,
     };
     std::fs::create_dir_all(&args.out)
@@ -136,6 +133,7 @@ pub fn run(args: Args) -> Result<()> {
     let seed = args.seed.unwrap_or_else(random_seed);
     let request = Request {
         prompt: args.prompt,
+        parts: Vec::new(),
         negative: args.negative,
         width: args.width,
         height: args.height,
@@ -146,6 +144,7 @@ pub fn run(args: Args) -> Result<()> {
         count: args.count,
         clip_skip: args.clip_skip,
         init,
+        stop_at: None,
     };
     request.validate(&model)?;
 

@@ -2,6 +2,7 @@
 
 mod generate;
 mod hub;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -21,22 +22,31 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Render images from a prompt with a local model, no services needed.
-    Generate(generate::Args),
+    Generate(Box<generate::Args>),
+    /// Serve queued jobs on this machine's device with the configured models.
+    Worker(worker::Args),
 }
 
 fn main() -> ExitCode {
     huaxian_engine::tune_allocator();
+    let cli = Cli::parse();
+    // Services log what operators follow (jobs started and finished); the one-shot command
+    // keeps the terminal for its progress bar.
+    let default_filter = match cli.command {
+        Command::Generate(_) => "warn",
+        Command::Worker(_) => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
 
-    let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => generate::run(*args),
+        Command::Worker(args) => worker::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,10 +8,15 @@ use huaxian_store::{
     Ticket,
 };
 use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::events::{JobResult, Outcome};
 use crate::scripts;
+
+/// How long a cancel signal outlives the cancellation, in seconds: longer than any render.
+const CANCEL_SIGNAL_S: u64 = 3600;
 
 /// Claim rounds of only stale entries before a claim reports nothing to do.
 const STALE_ROUNDS: usize = 64;
@@ -67,6 +72,17 @@ pub struct Claimed {
     pub spec: serde_json::Value,
     /// When the claim started, for the run-time statistics.
     pub started: Instant,
+}
+
+/// A job a worker finished, as it reports it to [`Dispatcher::complete_batch`].
+#[derive(Clone, Debug)]
+pub struct Done<'a> {
+    pub claimed: &'a Claimed,
+    /// GPU time the job took.
+    pub measured_ms: i64,
+    pub images: Vec<NewImage>,
+    /// Blob key of the grid, for jobs that make one.
+    pub grid_key: Option<String>,
 }
 
 /// What one reconcile pass did.
@@ -270,25 +286,39 @@ impl Dispatcher {
     pub async fn complete_batch(
         &self,
         worker: &str,
-        finished: &[(&Claimed, i64, Vec<NewImage>)],
+        finished: &[Done<'_>],
     ) -> Result<Vec<Result<Completed, StoreError>>, DispatchError> {
         let reports: Vec<Finished> = finished
             .iter()
-            .map(|(claimed, measured_ms, images)| Finished {
-                job_id: claimed.ticket.job_id,
-                attempt: claimed.attempt,
-                measured_ms: *measured_ms,
-                images: images.clone(),
+            .map(|done| Finished {
+                job_id: done.claimed.ticket.job_id,
+                attempt: done.claimed.attempt,
+                measured_ms: done.measured_ms,
+                images: done.images.clone(),
+                grid_key: done.grid_key.clone(),
             })
             .collect();
         let outcomes = self.store.complete_batch(worker, &reports).await?;
-        if let Some((claimed, _, _)) = finished.first() {
-            let run_ms = claimed.started.elapsed().as_millis() as i64;
-            if let Err(error) = self.record_run(&claimed.ticket.model, run_ms).await {
+        if let Some(done) = finished.first() {
+            let run_ms = done.claimed.started.elapsed().as_millis() as i64;
+            if let Err(error) = self.record_run(&done.claimed.ticket.model, run_ms).await {
                 warn!(%error, "run time not recorded; ETAs use older figures");
             }
         }
         Ok(outcomes)
+    }
+
+    /// Gives a held job back to the queue at once, without spending one of its attempts:
+    /// for a worker that is shutting down.
+    pub async fn release(&self, worker: &str, claimed: &Claimed) -> Result<(), DispatchError> {
+        let ticket = self
+            .store
+            .release(claimed.ticket.job_id, claimed.attempt, worker)
+            .await?;
+        if let Err(error) = self.push(&ticket).await {
+            warn!(job = %ticket.job_id, %error, "released job not dispatched; reconciler will");
+        }
+        Ok(())
     }
 
     /// Records a failed attempt; a retry is dispatched with its backoff.
@@ -315,9 +345,32 @@ impl Dispatcher {
         Ok(failure)
     }
 
-    /// Cancels the user's job; its entry, if any, is dropped when claimed.
+    /// Cancels the user's job; its entry, if any, is dropped when claimed. A worker rendering
+    /// it sees the cancellation within a fraction of a second ([`Dispatcher::cancelled`]) and
+    /// stops; if the signal is lost, its next lease renewal is refused instead.
     pub async fn cancel(&self, job_id: Uuid, user_id: i64) -> Result<bool, DispatchError> {
-        Ok(self.store.cancel(job_id, user_id).await?)
+        let cancelled = self.store.cancel(job_id, user_id).await?;
+        if cancelled {
+            let key = format!("{}:cancel:{job_id}", self.config.prefix);
+            let signalled: Result<(), _> = self.redis.clone().set_ex(key, 1, CANCEL_SIGNAL_S).await;
+            if let Err(error) = signalled {
+                warn!(job = %job_id, %error, "cancel signal not sent; the lease will fence");
+            }
+        }
+        Ok(cancelled)
+    }
+
+    /// Which of `job_ids` were cancelled, by the signal [`Dispatcher::cancel`] leaves.
+    pub async fn cancelled(&self, job_ids: &[Uuid]) -> Result<Vec<bool>, DispatchError> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = job_ids
+            .iter()
+            .map(|id| format!("{}:cancel:{id}", self.config.prefix))
+            .collect();
+        let flags: Vec<Option<i32>> = self.redis.clone().mget(keys).await?;
+        Ok(flags.into_iter().map(|flag| flag.is_some()).collect())
     }
 
     /// Takes back jobs whose lease ran out and dispatches queued jobs that have no entry.
@@ -336,7 +389,22 @@ impl Dispatcher {
                     self.push(&ticket).await?;
                     report.retried += 1;
                 }
-                Failure::Failed { .. } => report.failed += 1,
+                Failure::Failed { user_id, error } => {
+                    report.failed += 1;
+                    let result = JobResult {
+                        job_id: expired.job_id,
+                        user_id,
+                        outcome: Outcome::Failed,
+                        error: Some(error),
+                        grid_key: None,
+                        images: Vec::new(),
+                        prompt: String::new(),
+                        cost_ms: 0,
+                    };
+                    if let Err(error) = self.publish_result(&result).await {
+                        warn!(job = %expired.job_id, %error, "failure result not published");
+                    }
+                }
             }
         }
 

@@ -12,8 +12,10 @@
 //!   `relax_every`-th claim.
 
 mod dispatch;
+mod events;
 mod position;
 mod scripts;
 
-pub use dispatch::{Claimed, Config, DispatchError, Dispatcher, ReconcileReport, WorkerSpec};
+pub use dispatch::{Claimed, Config, DispatchError, Dispatcher, Done, ReconcileReport, WorkerSpec};
+pub use events::{Delivery, JobResult, Outcome, Progress, ResultImage, PROGRESS_KEPT};
 pub use position::Position;

@@ -1,13 +1,10 @@
-//! User settings, admin overrides with their audit rows, guild settings, workers, and
-//! reading jobs back.
+//! User settings, admin overrides with their audit rows, guild settings and workers.
 
 use chrono::{DateTime, Utc};
-use huaxian_prompt::JobSpec;
 use tracing::info;
-use uuid::Uuid;
 
 use crate::quota::{lock_user, post, roll_period};
-use crate::{Job, JobState, Lane, Store, StoreError};
+use crate::{Lane, Store, StoreError};
 
 /// A user's defaults for new jobs; `None` falls back to the service's.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,56 +32,7 @@ pub struct Worker {
 
 type WorkerRow = (String, Vec<String>, String, i64, i32, DateTime<Utc>);
 
-type JobRow = (
-    Uuid,
-    String,
-    String,
-    i32,
-    String,
-    String,
-    i64,
-    Option<String>,
-    Option<String>,
-    i64,
-    Option<i64>,
-    serde_json::Value,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-);
-
 impl Store {
-    /// One job, as stored.
-    pub async fn job(&self, job_id: Uuid) -> Result<Job, StoreError> {
-        let row: Option<JobRow> = sqlx::query_as(
-            "SELECT id, kind, state, attempt, lane, model, user_id, worker_id, error, \
-                    reserved_ms, cost_ms, spec, queued_at, running_at \
-             FROM jobs WHERE id = $1",
-        )
-        .bind(job_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Err(StoreError::NoSuchJob(job_id));
-        };
-        let spec: JobSpec = serde_json::from_value(row.11)?;
-        Ok(Job {
-            id: row.0,
-            kind: row.1,
-            state: JobState::parse(&row.2).ok_or(StoreError::NoSuchJob(job_id))?,
-            attempt: row.3,
-            lane: Lane::parse(&row.4),
-            model: row.5,
-            user_id: row.6,
-            worker_id: row.7,
-            error: row.8,
-            reserved_ms: row.9,
-            cost_ms: row.10,
-            spec,
-            queued_at: row.12,
-            running_at: row.13,
-        })
-    }
-
     /// The user's settings, creating the user on first sight.
     pub async fn settings(&self, user_id: i64) -> Result<UserSettings, StoreError> {
         sqlx::query("INSERT INTO users (id) VALUES ($1) ON CONFLICT DO NOTHING")
@@ -249,6 +197,24 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Removes a worker that is shutting down, so admins no longer see it.
+    pub async fn remove_worker(&self, worker_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(worker_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Workers heard from within `silence`, most recently seen first; a worker silent for
+    /// longer counts as gone.
+    pub async fn live_workers(&self, silence: chrono::Duration) -> Result<Vec<Worker>, StoreError> {
+        let mut workers = self.workers().await?;
+        let since = Utc::now() - silence;
+        workers.retain(|worker| worker.heartbeat_at >= since);
+        Ok(workers)
     }
 
     /// All workers, most recently seen first.

@@ -15,6 +15,8 @@ pub struct Finished {
     /// GPU time the job took, charged to the fast quota.
     pub measured_ms: i64,
     pub images: Vec<NewImage>,
+    /// Blob key of the 2×2 grid, for jobs that make one.
+    pub grid_key: Option<String>,
 }
 
 impl Store {
@@ -33,6 +35,7 @@ impl Store {
             attempt,
             measured_ms,
             images: images.to_vec(),
+            grid_key: None,
         };
         let mut outcomes = self.complete_batch(worker, &[finished]).await?;
         outcomes.pop().ok_or(StoreError::Stale(job_id))?
@@ -50,10 +53,12 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut ids: Vec<Uuid> = finished.iter().map(|f| f.job_id).collect();
         let attempts: Vec<i32> = finished.iter().map(|f| f.attempt).collect();
+        let grids: Vec<Option<String>> = finished.iter().map(|f| f.grid_key.clone()).collect();
         let rows: Vec<(Uuid, i64, String, i64)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'succeeded', succeeded_at = now(), lease_expires_at = NULL \
-             FROM (SELECT * FROM UNNEST($1::uuid[], $2::int4[]) AS r (id, attempt) ORDER BY id) \
-                  AS held \
+            "UPDATE jobs SET state = 'succeeded', succeeded_at = now(), lease_expires_at = NULL, \
+                    grid_key = held.grid_key \
+             FROM (SELECT * FROM UNNEST($1::uuid[], $2::int4[], $4::text[]) \
+                   AS r (id, attempt, grid_key) ORDER BY id) AS held \
              WHERE jobs.id = held.id AND jobs.state = 'running' AND jobs.attempt = held.attempt \
                AND jobs.worker_id = $3 \
              RETURNING jobs.id, jobs.user_id, jobs.lane, jobs.reserved_ms",
@@ -61,6 +66,7 @@ impl Store {
         .bind(&ids)
         .bind(&attempts)
         .bind(worker)
+        .bind(&grids)
         .fetch_all(&mut *tx)
         .await?;
         let held: HashMap<Uuid, (i64, Lane, i64)> = rows

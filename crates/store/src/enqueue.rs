@@ -84,9 +84,9 @@ impl Store {
              created AS ( \
                  INSERT INTO jobs (id, kind, parent_id, image_index, action, spec, model, lane, \
                      pixels, batch_key, images, max_attempts, reserved_ms, interaction_id, \
-                     user_id, guild_id, channel_id) \
+                     user_id, guild_id, channel_id, inputs) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                         $17) \
+                         $17, $19) \
                  ON CONFLICT DO NOTHING RETURNING id, reserved_ms), \
              reserve AS ( \
                  INSERT INTO quota_ledger (user_id, delta_ms, reason, job_id) \
@@ -114,6 +114,7 @@ impl Store {
         .bind(job.guild_id)
         .bind(job.channel_id)
         .bind(today)
+        .bind(&job.inputs)
         .fetch_one(&mut *tx)
         .await?;
         if created.is_none() {

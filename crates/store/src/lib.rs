@@ -22,6 +22,7 @@ mod enqueue;
 mod error;
 mod model;
 mod quota;
+mod read;
 mod start;
 mod transition;
 
@@ -29,7 +30,9 @@ pub use admin::{UserSettings, Worker};
 pub use complete::Finished;
 pub use config::Caps;
 pub use error::{Refusal, StoreError};
-pub use model::{Enqueued, Job, JobKind, JobState, Lane, NewImage, NewJob, Ticket};
+pub use model::{
+    Action, Enqueued, Job, JobKind, JobState, Lane, NewImage, NewJob, StoredImage, Ticket,
+};
 pub use quota::Balance;
 pub use transition::{Completed, Expired, Failure, Start};
 

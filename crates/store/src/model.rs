@@ -17,6 +17,18 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// Reads a stored name; the schema's CHECK allows only these.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "imagine" => Self::Imagine,
+            "upscale" => Self::Upscale,
+            "variation" => Self::Variation,
+            "reroll" => Self::Reroll,
+            "blend" => Self::Blend,
+            _ => return None,
+        })
+    }
+
     /// The name stored in `jobs.kind`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -25,6 +37,79 @@ impl JobKind {
             Self::Variation => "variation",
             Self::Reroll => "reroll",
             Self::Blend => "blend",
+        }
+    }
+}
+
+/// A button pressed under a result, as stored in `jobs.action` and carried in Discord
+/// `custom_id`s. Image indexes are 0–3 (U1 is image 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// U1–U4: image `i` of a grid as its own image, no rendering.
+    Upscale(u8),
+    /// 2× the image by image-to-image at low strength: the same picture, sharper.
+    UpscaleSubtle(u8),
+    /// 2× at a higher strength: new detail.
+    UpscaleCreative(u8),
+    /// V1–V4 and Vary (Subtle): a new grid close to image `i`.
+    VarySubtle(u8),
+    /// Vary (Strong): a new grid loosely after image `i`.
+    VaryStrong(u8),
+    /// 🔄: the parent's prompt again with a new seed.
+    Reroll,
+}
+
+impl Action {
+    /// The stored form: `upscale:2`, `upscale_subtle:0`, `vary_strong:3`, `reroll`.
+    pub fn key(self) -> String {
+        let (name, index) = match self {
+            Self::Upscale(i) => ("upscale", i),
+            Self::UpscaleSubtle(i) => ("upscale_subtle", i),
+            Self::UpscaleCreative(i) => ("upscale_creative", i),
+            Self::VarySubtle(i) => ("vary_subtle", i),
+            Self::VaryStrong(i) => ("vary_strong", i),
+            Self::Reroll => return "reroll".into(),
+        };
+        format!("{name}:{index}")
+    }
+
+    /// Reads the stored form; `None` for anything else, including indexes past 3.
+    pub fn parse(key: &str) -> Option<Self> {
+        if key == "reroll" {
+            return Some(Self::Reroll);
+        }
+        let (name, index) = key.split_once(':')?;
+        let index: u8 = index.parse().ok().filter(|i| *i < 4)?;
+        Some(match name {
+            "upscale" => Self::Upscale(index),
+            "upscale_subtle" => Self::UpscaleSubtle(index),
+            "upscale_creative" => Self::UpscaleCreative(index),
+            "vary_subtle" => Self::VarySubtle(index),
+            "vary_strong" => Self::VaryStrong(index),
+            _ => return None,
+        })
+    }
+
+    /// The kind of job the button makes.
+    pub fn kind(self) -> JobKind {
+        match self {
+            Self::Upscale(_) | Self::UpscaleSubtle(_) | Self::UpscaleCreative(_) => {
+                JobKind::Upscale
+            }
+            Self::VarySubtle(_) | Self::VaryStrong(_) => JobKind::Variation,
+            Self::Reroll => JobKind::Reroll,
+        }
+    }
+
+    /// The parent's image the button refers to; `None` for a reroll.
+    pub fn image_index(self) -> Option<u8> {
+        match self {
+            Self::Upscale(i)
+            | Self::UpscaleSubtle(i)
+            | Self::UpscaleCreative(i)
+            | Self::VarySubtle(i)
+            | Self::VaryStrong(i) => Some(i),
+            Self::Reroll => None,
         }
     }
 }
@@ -95,6 +180,8 @@ pub struct NewJob {
     pub parent: Option<(Uuid, String)>,
     /// The image of the parent the button refers to.
     pub image_index: Option<i16>,
+    /// Blob keys of the images the job starts from (blend inputs, image prompts), in order.
+    pub inputs: Vec<String>,
     /// Discord interaction id; one interaction makes at most one job.
     pub interaction_id: i64,
     pub user_id: i64,
@@ -134,11 +221,35 @@ pub struct NewImage {
     pub seed: i64,
 }
 
+/// An image a finished job stored, as readers see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredImage {
+    pub index: i16,
+    pub blob_key: String,
+    pub width: i32,
+    pub height: i32,
+    pub bytes: i64,
+    pub seed: i64,
+}
+
 /// A job row, as readers see it.
 #[derive(Clone, Debug)]
 pub struct Job {
     pub id: Uuid,
-    pub kind: String,
+    pub kind: JobKind,
+    /// The job whose image this one starts from (upscale, variation, reroll).
+    pub parent_id: Option<Uuid>,
+    /// The parent's image the button referred to.
+    pub image_index: Option<i16>,
+    /// The button pressed on the parent, in [`Action::key`]'s form.
+    pub action: Option<String>,
+    /// Blob keys of the images the job starts from.
+    pub inputs: Vec<String>,
+    /// Blob key of the finished grid, for grid jobs that succeeded.
+    pub grid_key: Option<String>,
+    pub guild_id: Option<i64>,
+    pub channel_id: i64,
+    pub interaction_id: i64,
     pub state: JobState,
     pub attempt: i32,
     pub lane: Lane,
@@ -159,4 +270,30 @@ pub(crate) fn batch_key(spec: &JobSpec) -> String {
         "{}:{}:{}:{}x{}",
         spec.model, spec.sampler, spec.steps, spec.width, spec.height
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_round_trip() {
+        for index in 0..4 {
+            for action in [
+                Action::Upscale(index),
+                Action::UpscaleSubtle(index),
+                Action::UpscaleCreative(index),
+                Action::VarySubtle(index),
+                Action::VaryStrong(index),
+            ] {
+                assert_eq!(Action::parse(&action.key()), Some(action));
+                assert_eq!(action.image_index(), Some(index));
+            }
+        }
+        assert_eq!(Action::parse("reroll"), Some(Action::Reroll));
+        assert_eq!(Action::parse("upscale:4"), None);
+        assert_eq!(Action::parse("upscale:-1"), None);
+        assert_eq!(Action::parse("zoom:1"), None);
+        assert_eq!(Action::VaryStrong(1).kind(), JobKind::Variation);
+    }
 }

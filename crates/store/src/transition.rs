@@ -157,6 +157,33 @@ impl Store {
         })
     }
 
+    /// Gives a held job back to the queue without counting the attempt against it (a worker
+    /// shutting down, or one that loaded the job and found it cannot run it now). Returns
+    /// the ticket to dispatch it with; `Stale` when the worker no longer holds it.
+    pub async fn release(
+        &self,
+        job_id: Uuid,
+        attempt: i32,
+        worker: &str,
+    ) -> Result<Ticket, StoreError> {
+        // The attempt stays raised, as it must for fencing; raising max_attempts with it
+        // keeps the number of real tries the job has left.
+        let ticket: Option<TicketRow> = sqlx::query_as(&format!(
+            "UPDATE jobs SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, \
+                    retry_at = NULL, max_attempts = max_attempts + 1 \
+             WHERE id = $1 AND state = 'running' AND attempt = $2 AND worker_id = $3 \
+             RETURNING {TICKET_COLUMNS}"
+        ))
+        .bind(job_id)
+        .bind(attempt)
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?;
+        let ticket = ticket.ok_or(StoreError::Stale(job_id))?;
+        info!(job = %job_id, attempt, "job released back to the queue");
+        Ok(ticket.into_ticket())
+    }
+
     /// Cancels the user's job if it is queued or running, refunding its reservation.
     /// Returns false when it had already ended. A worker still rendering it is fenced out.
     pub async fn cancel(&self, job_id: Uuid, user_id: i64) -> Result<bool, StoreError> {

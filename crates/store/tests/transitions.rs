@@ -228,6 +228,7 @@ async fn batches_start_and_complete_each_job_on_its_own(pool: PgPool) {
             attempt: if n == 0 { 1 } else { 7 },
             measured_ms: 300,
             images: Vec::new(),
+            grid_key: None,
         })
         .collect();
     let outcomes = store.complete_batch("w1", &finished).await.unwrap();

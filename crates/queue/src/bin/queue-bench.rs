@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use huaxian_prompt::{JobSpec, PromptPart};
-use huaxian_queue::{Config, Dispatcher, WorkerSpec};
+use huaxian_queue::{Config, Dispatcher, Done, WorkerSpec};
 use huaxian_store::{Caps, JobKind, Lane, NewJob, Store};
 use redis::AsyncCommands;
 use sqlx::{Connection, Executor, PgConnection};
@@ -76,6 +76,7 @@ fn job(user_id: i64, interaction_id: i64) -> NewJob {
         estimate_ms: 1000,
         parent: None,
         image_index: None,
+        inputs: Vec::new(),
         interaction_id,
         user_id,
         guild_id: None,
@@ -197,7 +198,15 @@ async fn run(args: &Args, database_url: &str, prefix: &str) -> anyhow::Result<()
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     continue;
                 }
-                let finished: Vec<_> = claimed.iter().map(|job| (job, 900, Vec::new())).collect();
+                let finished: Vec<_> = claimed
+                    .iter()
+                    .map(|claimed| Done {
+                        claimed,
+                        measured_ms: 900,
+                        images: Vec::new(),
+                        grid_key: None,
+                    })
+                    .collect();
                 dispatcher.complete_batch(&spec.id, &finished).await?;
                 done.fetch_add(claimed.len(), Ordering::Relaxed);
             }

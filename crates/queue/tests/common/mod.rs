@@ -46,6 +46,7 @@ pub fn job(user_id: i64, interaction_id: i64, lane: Lane) -> NewJob {
         estimate_ms: 1000,
         parent: None,
         image_index: None,
+        inputs: Vec::new(),
         interaction_id,
         user_id,
         guild_id: None,

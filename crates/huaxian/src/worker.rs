@@ -1,0 +1,71 @@
+//! `huaxian worker`: loads the configured models and serves jobs until SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use huaxian_engine::LoadOptions;
+use huaxian_worker::{Settings, Worker};
+use tch::{Device, Kind};
+use tokio::sync::watch;
+
+use crate::generate::{parse_device, parse_dtype};
+use crate::hub::{self, RepoRef};
+
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// The service's TOML configuration; `HUAXIAN__SECTION__KEY` variables override it.
+    #[arg(long, env = "HUAXIAN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut settings: Settings = huaxian_service::load(args.config.as_deref())?;
+    let device = parse_device(&settings.worker.device)?;
+    let kind = parse_dtype(&settings.worker.dtype)?;
+    if kind != Kind::Float && device == Device::Cpu {
+        bail!(
+            "worker.dtype = {:?} needs a GPU; on the CPU use \"f32\"",
+            settings.worker.dtype
+        );
+    }
+    for model in &mut settings.worker.models {
+        if let Some(reference) = model.path.to_str().and_then(RepoRef::parse) {
+            model.path = hub::fetch(&reference?, kind == Kind::Half)
+                .with_context(|| format!("downloading model `{}`", model.name))?;
+        }
+    }
+    let options = LoadOptions {
+        device,
+        kind,
+        config_dir: None,
+    };
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let worker = Worker::start(settings, options).await?;
+        let (stop, shutdown) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stop signal received; finishing the jobs in hand");
+            let _ = stop.send(true);
+        });
+        worker.run(shutdown).await
+    })
+}
+
+/// Resolves on SIGTERM (what orchestrators send) or Ctrl-C.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! What huaxian's services (the gateway and the workers) share: configuration from one TOML
+//! file with environment overrides, secrets that never print, the blob store that holds
+//! images, and the HTTP endpoint for Prometheus and health checks.
+//!
+//! Nothing here knows about tensors or Discord.
+
+pub mod blob;
+pub mod http;
+pub mod settings;
+
+pub use blob::{BlobError, BlobStore};
+pub use http::{serve, Health};
+pub use settings::{load, CapsSettings, DatabaseSettings, RedisSettings, Secret, SettingsError};

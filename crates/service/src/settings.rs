@@ -1,0 +1,233 @@
+//! Configuration: one TOML file, then environment overrides.
+//!
+//! A key `a.b` of the file is overridden by the variable `HUAXIAN__A__B` (double
+//! underscores between levels), so containers can change any setting without a file. A
+//! secret may be written inline, or as `{ file = "/run/secrets/name" }` to read it from a
+//! file (Docker and Kubernetes secrets); either way it never appears in logs or `Debug`
+//! output.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use huaxian_store::Caps;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Parse(#[from] config::ConfigError),
+    #[error("configuration: cannot read the secret file {}: {source}", path.display())]
+    SecretFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration: the configuration file {} does not exist", .0.display())]
+    Missing(PathBuf),
+}
+
+/// Reads `file` (when given) and the `HUAXIAN__…` environment into `T`.
+pub fn load<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, SettingsError> {
+    let mut builder = config::Config::builder();
+    if let Some(file) = file {
+        if !file.is_file() {
+            return Err(SettingsError::Missing(file.to_path_buf()));
+        }
+        builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+    }
+    let environment = config::Environment::with_prefix("HUAXIAN")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true);
+    Ok(builder.add_source(environment).build()?.try_deserialize()?)
+}
+
+/// A secret value: a password, a token, a URL with credentials. Shown as `***`.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Secret {
+    /// Written in the configuration itself.
+    Inline(String),
+    /// Read from this file, trailing whitespace removed.
+    File { file: PathBuf },
+}
+
+impl Secret {
+    /// The value, reading it from its file if it lives in one.
+    pub fn reveal(&self) -> Result<String, SettingsError> {
+        match self {
+            Secret::Inline(value) => Ok(value.clone()),
+            Secret::File { file } => std::fs::read_to_string(file)
+                .map(|value| value.trim_end().to_string())
+                .map_err(|source| SettingsError::SecretFile {
+                    path: file.clone(),
+                    source,
+                }),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Inline(_) => f.write_str("***"),
+            Secret::File { file } => write!(f, "*** (from {})", file.display()),
+        }
+    }
+}
+
+/// `[database]`: the Postgres that keeps users, jobs and quotas.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/db`.
+    pub url: Secret,
+    /// Connections in the pool.
+    #[serde(default = "default_connections")]
+    pub max_connections: u32,
+}
+
+/// `[redis]`: the Redis that carries dispatch and events.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RedisSettings {
+    /// `redis://[:password@]host:port[/db]`.
+    pub url: Secret,
+    /// Prefix of every key, so deployments can share one Redis.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+/// `[caps]`: per-user and per-guild limits, the fast-lane quota and the retry policy. Every
+/// service reads the same section, so the gateway and the workers enforce the same caps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct CapsSettings {
+    /// Jobs one user may have running at once.
+    pub running_per_user: i64,
+    /// Jobs one user may have queued at once.
+    pub queued_per_user: i64,
+    /// Jobs one guild may have running at once, unless the guild sets its own.
+    pub running_per_guild: i64,
+    /// Jobs one guild may have queued at once, unless the guild sets its own.
+    pub queued_per_guild: i64,
+    /// Commands one user may issue per minute.
+    pub commands_per_minute: i64,
+    /// Images one user may make per UTC day.
+    pub daily_images: i64,
+    /// Fast-lane GPU seconds granted per period.
+    pub fast_seconds_per_period: i64,
+    /// Length of a quota period, in days.
+    pub period_days: i64,
+    /// Attempts a job gets before it fails for good.
+    pub max_attempts: i32,
+    /// Seconds before the first retry; doubled for each further one.
+    pub retry_backoff_s: f64,
+}
+
+impl Default for CapsSettings {
+    fn default() -> Self {
+        let caps = Caps::default();
+        Self {
+            running_per_user: caps.running_per_user,
+            queued_per_user: caps.queued_per_user,
+            running_per_guild: caps.running_per_guild,
+            queued_per_guild: caps.queued_per_guild,
+            commands_per_minute: caps.commands_per_minute,
+            daily_images: caps.daily_images,
+            fast_seconds_per_period: caps.fast_ms_per_period / 1000,
+            period_days: caps.period.num_days(),
+            max_attempts: caps.max_attempts,
+            retry_backoff_s: caps.retry_backoff.num_milliseconds() as f64 / 1000.0,
+        }
+    }
+}
+
+impl CapsSettings {
+    /// The caps the store enforces.
+    pub fn caps(&self) -> Caps {
+        Caps {
+            running_per_user: self.running_per_user,
+            queued_per_user: self.queued_per_user,
+            running_per_guild: self.running_per_guild,
+            queued_per_guild: self.queued_per_guild,
+            commands_per_minute: self.commands_per_minute,
+            daily_images: self.daily_images,
+            fast_ms_per_period: self.fast_seconds_per_period.saturating_mul(1000),
+            period: chrono::Duration::days(self.period_days.max(1)),
+            max_attempts: self.max_attempts.max(1),
+            retry_backoff: chrono::Duration::milliseconds(
+                (self.retry_backoff_s.max(0.0) * 1000.0) as i64,
+            ),
+        }
+    }
+}
+
+fn default_connections() -> u32 {
+    8
+}
+
+fn default_prefix() -> String {
+    "huaxian".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Sample {
+        database: DatabaseSettings,
+        redis: RedisSettings,
+    }
+
+    #[test]
+    fn file_secrets_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("db");
+        std::fs::write(&secret, "postgres://u:hunter2@db/huaxian\n").unwrap();
+        let file = dir.path().join("huaxian.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[database]\nurl = {{ file = {:?} }}\n[redis]\nurl = \"redis://r\"\n",
+                secret.display().to_string()
+            ),
+        )
+        .unwrap();
+        let sample: Sample = load(Some(&file)).unwrap();
+        assert_eq!(
+            sample.database.url.reveal().unwrap(),
+            "postgres://u:hunter2@db/huaxian"
+        );
+        assert_eq!(sample.database.max_connections, 8);
+        assert_eq!(sample.redis.prefix, "huaxian");
+        let shown = format!("{sample:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"));
+
+        // The only test that touches the environment, so no other test sees the variable.
+        std::env::set_var("HUAXIAN__REDIS__PREFIX", "staging");
+        let overridden: Result<Sample, _> = load(Some(&file));
+        std::env::remove_var("HUAXIAN__REDIS__PREFIX");
+        assert_eq!(overridden.unwrap().redis.prefix, "staging");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let error = load::<Sample>(Some(Path::new("/nonexistent/huaxian.toml"))).unwrap_err();
+        assert!(
+            error.to_string().contains("/nonexistent/huaxian.toml"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn missing_secret_file_is_named() {
+        let secret = Secret::File {
+            file: "/nonexistent/secret".into(),
+        };
+        let error = secret.reveal().unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/secret"), "{error}");
+    }
+}

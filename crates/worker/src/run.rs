@@ -1,0 +1,784 @@
+//! The worker's life: register, claim, render, store, report; heartbeats, leases and
+//! reconciliation beside it; a graceful stop on SIGTERM.
+//!
+//! One batch is in hand at a time, since one device renders one batch at a time. While it
+//! renders, a watcher renews the leases of its jobs and polls for cancellations; either can
+//! stop a job between two steps. What a stopped job produced is discarded: a cancelled job
+//! was refunded by whoever cancelled it, a job whose lease was lost belongs to someone else
+//! now, and a job stopped by shutdown is given back to the queue.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use huaxian_engine::{LoadOptions, StableDiffusion};
+use huaxian_queue::{
+    Claimed, Config, DispatchError, Dispatcher, Done, JobResult, Outcome, Progress, ResultImage,
+    WorkerSpec,
+};
+use huaxian_service::BlobStore;
+use huaxian_store::{Failure, Job, JobState, NewImage, Store, StoreError};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use crate::control::{Control, Stop};
+use crate::metrics::Metrics;
+use crate::plan::{plan, Work};
+use crate::render::{render_batch, RenderJob, RenderOutcome, Rendered, RenderedImage};
+use crate::settings::{Settings, WorkerSettings};
+
+/// How often the watcher asks whether jobs in hand were cancelled.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
+
+/// Progress events waiting to be published; more are dropped, as progress may be.
+const PROGRESS_BACKLOG: usize = 64;
+
+/// The models a worker keeps resident, by the name jobs use.
+pub type Models = HashMap<String, StableDiffusion>;
+
+/// A running worker's handles.
+pub struct Worker {
+    id: String,
+    settings: WorkerSettings,
+    dispatcher: Dispatcher,
+    blobs: BlobStore,
+    models: Arc<Mutex<Models>>,
+    names: Vec<String>,
+    metrics: Arc<Metrics>,
+    max_input_bytes: u64,
+    /// Unix milliseconds of the last heartbeat that reached Postgres.
+    alive_at: Arc<AtomicI64>,
+}
+
+impl Worker {
+    /// Connects to Postgres, Redis and the blob store, and loads every configured model.
+    pub async fn start(settings: Settings, options: LoadOptions) -> anyhow::Result<Self> {
+        let worker = &settings.worker;
+        if worker.models.is_empty() {
+            anyhow::bail!(
+                "no models configured: add a [[worker.models]] section with a name and a path"
+            );
+        }
+        let database_url = settings.database.url.reveal()?;
+        let store = Store::connect(
+            &database_url,
+            settings.database.max_connections,
+            settings.caps.caps(),
+        )
+        .await
+        .context("connecting to Postgres ([database] url)")?;
+        let config = Config {
+            prefix: settings.redis.prefix.clone(),
+            lease: worker.lease(),
+            ..Config::default()
+        };
+        let dispatcher = Dispatcher::connect(store, &settings.redis.url.reveal()?, config)
+            .await
+            .context("connecting to Redis ([redis] url)")?;
+        let blobs = BlobStore::open(&settings.blob.url)?;
+
+        let mut models = Models::new();
+        for model in &worker.models {
+            let path = model.path.clone();
+            let options = LoadOptions {
+                config_dir: model.config_dir.clone(),
+                ..options.clone()
+            };
+            let loaded =
+                tokio::task::spawn_blocking(move || StableDiffusion::load(&path, &options))
+                    .await?
+                    .with_context(|| format!("loading model `{}`", model.name))?;
+            models.insert(model.name.clone(), loaded);
+        }
+        Self::new(
+            worker.clone(),
+            dispatcher,
+            blobs,
+            models,
+            settings.blob.max_input_bytes,
+        )
+    }
+
+    /// A worker over connections and models the caller made (tests, benchmarks).
+    pub fn new(
+        settings: WorkerSettings,
+        dispatcher: Dispatcher,
+        blobs: BlobStore,
+        models: Models,
+        max_input_bytes: u64,
+    ) -> anyhow::Result<Self> {
+        let id = settings.worker_id();
+        let metrics = Arc::new(Metrics::new(&id)?);
+        let mut names: Vec<String> = models.keys().cloned().collect();
+        names.sort();
+        for (name, model) in &models {
+            metrics
+                .model_load_seconds
+                .with_label_values(&[name])
+                .set(model.load_seconds);
+        }
+        Ok(Self {
+            id,
+            settings,
+            dispatcher,
+            blobs,
+            models: Arc::new(Mutex::new(models)),
+            names,
+            metrics,
+            max_input_bytes,
+            alive_at: Arc::new(AtomicI64::new(0)),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serves jobs until `shutdown` turns true, then finishes or gives back what it holds
+    /// within the grace period, unregisters, and returns.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let store = self.dispatcher.store().clone();
+        let device = self
+            .models
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a render panicked while holding the models"))?
+            .values()
+            .next()
+            .map(|model| format!("{:?}", model.device))
+            .unwrap_or_default();
+        store
+            .register_worker(&huaxian_store::Worker {
+                id: self.id.clone(),
+                models: self.names.clone(),
+                device,
+                max_pixels: self.settings.max_pixels,
+                max_batch: self.settings.max_batch as i32,
+                heartbeat_at: chrono::Utc::now(),
+            })
+            .await
+            .context("registering the worker")?;
+        self.alive_at
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        info!(worker = %self.id, models = ?self.names, "worker registered");
+
+        let mut background = Vec::new();
+        background.push(tokio::spawn(heartbeat(
+            store.clone(),
+            self.id.clone(),
+            self.settings.heartbeat(),
+            self.alive_at.clone(),
+            self.metrics.clone(),
+        )));
+        let reconciler = self.dispatcher.clone();
+        let every = self.settings.reconcile();
+        background.push(tokio::spawn(async move {
+            reconciler.reconcile_every(every).await
+        }));
+        if let Some(addr) = self.settings.metrics_addr {
+            let alive_at = self.alive_at.clone();
+            let silence = self.settings.heartbeat().as_millis() as i64 * 3;
+            let health: huaxian_service::Health = Arc::new(move || {
+                let since =
+                    chrono::Utc::now().timestamp_millis() - alive_at.load(Ordering::Relaxed);
+                if since <= silence.max(1000) {
+                    Ok(())
+                } else {
+                    Err(format!("no heartbeat reached Postgres for {} ms", since))
+                }
+            });
+            let (bound, task) =
+                huaxian_service::serve(addr, self.metrics.registry.clone(), health).await?;
+            info!(%bound, "metrics and health on /metrics and /healthz");
+            background.push(task);
+        }
+
+        let mut shutdown = shutdown;
+        let mut next_model = 0;
+        let mut backoff = Duration::from_millis(100);
+        while !*shutdown.borrow() {
+            match self.claim(&mut next_model).await {
+                Ok(Some((model, claimed))) => {
+                    backoff = Duration::from_millis(100);
+                    self.process(&model, claimed, shutdown.clone()).await;
+                }
+                Ok(None) => {
+                    let idle = Duration::from_millis(self.settings.idle_poll_ms.max(1));
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, retry_in_ms = backoff.as_millis() as u64, "claim failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+
+        info!(worker = %self.id, "shutting down");
+        for task in background {
+            task.abort();
+        }
+        if let Err(error) = store.remove_worker(&self.id).await {
+            warn!(%error, "worker not unregistered; admins will see it go silent");
+        }
+        Ok(())
+    }
+
+    /// Claims a batch for the next model that has work, taking the models in turn.
+    async fn claim(
+        &self,
+        next_model: &mut usize,
+    ) -> Result<Option<(String, Vec<Claimed>)>, DispatchError> {
+        for offset in 0..self.names.len() {
+            let name = &self.names[(*next_model + offset) % self.names.len()];
+            let spec = WorkerSpec {
+                id: self.id.clone(),
+                model: name.clone(),
+                max_pixels: self.settings.max_pixels,
+                max_batch: self.settings.max_batch.max(1),
+            };
+            let claimed = self.dispatcher.claim(&spec).await?;
+            if !claimed.is_empty() {
+                *next_model = (*next_model + offset + 1) % self.names.len();
+                return Ok(Some((name.clone(), claimed)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Renders and reports one claimed batch.
+    async fn process(&self, model: &str, claimed: Vec<Claimed>, shutdown: watch::Receiver<bool>) {
+        let controls: Vec<Arc<Control>> = claimed
+            .iter()
+            .map(|_| Arc::new(Control::default()))
+            .collect();
+        self.metrics.busy.set(claimed.len() as i64);
+        self.metrics.batch_size.observe(claimed.len() as f64);
+        let watcher = tokio::spawn(watch_jobs(
+            self.dispatcher.clone(),
+            self.id.clone(),
+            claimed.clone(),
+            controls.clone(),
+            self.settings.lease(),
+        ));
+
+        let ids: Vec<Uuid> = claimed.iter().map(|c| c.ticket.job_id).collect();
+        let jobs = match self.dispatcher.store().jobs(&ids).await {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                // Without the rows nothing can be rendered; the leases run out and the
+                // reconciler hands the jobs to whoever can read them.
+                error!(%error, jobs = ids.len(), "cannot read claimed jobs; leaving them to expire");
+                watcher.abort();
+                self.metrics.busy.set(0);
+                return;
+            }
+        };
+
+        // Turn each job into work; jobs that cannot be planned fail here.
+        let mut copies = Vec::new();
+        let mut renders = Vec::new();
+        let mut held = Vec::new();
+        for (index, job) in jobs.iter().enumerate() {
+            let span =
+                info_span!("job", job_id = %job.id, user = job.user_id, kind = job.kind.as_str());
+            let planned = plan(
+                job,
+                self.dispatcher.store(),
+                &self.blobs,
+                &self.settings.strengths,
+                self.max_input_bytes,
+            )
+            .instrument(span.clone())
+            .await;
+            match planned {
+                Ok(Work::Copy {
+                    png,
+                    width,
+                    height,
+                    seed,
+                }) => copies.push((index, png, width, height, seed)),
+                Ok(Work::Render { requests, grid }) => renders.push((
+                    index,
+                    RenderJob {
+                        job_id: job.id,
+                        requests,
+                        grid,
+                        control: controls[index].clone(),
+                    },
+                )),
+                Err(error) => {
+                    let _entered = span.enter();
+                    warn!(%error, retryable = error.retryable, "job cannot be rendered");
+                    held.push((index, Err((error.message, error.retryable))));
+                }
+            }
+        }
+
+        let (outcomes, stats) = self.render(model, renders, shutdown).await;
+        for (index, outcome) in outcomes {
+            held.push((index, outcome));
+        }
+        for (index, png, width, height, seed) in copies {
+            let copied = Rendered {
+                images: vec![RenderedImage {
+                    png,
+                    width: width.max(0) as u32,
+                    height: height.max(0) as u32,
+                    seed: seed.max(0) as u64,
+                }],
+                grid_png: None,
+                gpu_ms: 0,
+            };
+            held.push((index, Ok(copied)));
+        }
+        if let Some(stats) = &stats {
+            for seconds in &stats.step_seconds {
+                self.metrics.step_seconds.observe(*seconds);
+            }
+        }
+
+        // Store what finished, then settle everything in one transaction.
+        let mut finished: Vec<(usize, Rendered, Vec<NewImage>, Option<String>)> = Vec::new();
+        let mut images_made = 0usize;
+        for (index, outcome) in held {
+            let job = &jobs[index];
+            let claim = &claimed[index];
+            if let Some(stop) = controls[index].stopped() {
+                self.stopped(job, claim, stop).await;
+                continue;
+            }
+            match outcome {
+                Ok(rendered) => match self.store_images(job, claim, &rendered).await {
+                    Ok((images, grid_key)) => {
+                        images_made += images.len();
+                        finished.push((index, rendered, images, grid_key));
+                    }
+                    Err(error) => {
+                        warn!(job = %job.id, %error, "images not stored; retrying the job later");
+                        self.failed(
+                            job,
+                            claim,
+                            &format!("the images could not be stored: {error}"),
+                            true,
+                        )
+                        .await;
+                    }
+                },
+                Err((message, retryable)) => self.failed(job, claim, &message, retryable).await,
+            }
+        }
+        if let Some(stats) = &stats {
+            if stats.seconds > 0.0 && images_made > 0 {
+                self.metrics
+                    .images_per_second
+                    .set(images_made as f64 / stats.seconds);
+            }
+        }
+        self.complete(&jobs, &claimed, finished).await;
+        watcher.abort();
+        self.metrics.busy.set(0);
+    }
+
+    /// Runs the render jobs on the blocking pool; on shutdown, stops them once the grace
+    /// period is over.
+    async fn render(
+        &self,
+        model: &str,
+        renders: Vec<(usize, RenderJob)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> (
+        Vec<(usize, Result<Rendered, (String, bool)>)>,
+        Option<crate::render::BatchStats>,
+    ) {
+        if renders.is_empty() {
+            return (Vec::new(), None);
+        }
+        let (progress_tx, mut progress_rx) = mpsc::channel::<Progress>(PROGRESS_BACKLOG);
+        let publisher = {
+            let dispatcher = self.dispatcher.clone();
+            tokio::spawn(async move {
+                while let Some(progress) = progress_rx.recv().await {
+                    if let Err(error) = dispatcher.publish_progress(&progress).await {
+                        debug!(job = %progress.job_id, %error, "progress event dropped");
+                    }
+                }
+            })
+        };
+
+        let (indexes, renders): (Vec<usize>, Vec<RenderJob>) = renders.into_iter().unzip();
+        let controls: Vec<Arc<Control>> = renders.iter().map(|r| r.control.clone()).collect();
+        let models = self.models.clone();
+        let name = model.to_string();
+        let mut handle = tokio::task::spawn_blocking(move || {
+            let models = models
+                .lock()
+                .map_err(|_| "a previous render panicked; restart the worker".to_string())?;
+            let model = models
+                .get(&name)
+                .ok_or_else(|| format!("model `{name}` is not loaded on this worker"))?;
+            let mut send = |progress: Progress| {
+                // A full backlog means Redis is slow: drop this event, a newer one follows.
+                let _ = progress_tx.try_send(progress);
+            };
+            Ok::<_, String>(render_batch(model, &renders, &mut send))
+        });
+
+        let grace = self.settings.grace();
+        let stop_after_grace = async {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        let joined = tokio::select! {
+            joined = &mut handle => joined,
+            _ = stop_after_grace => {
+                warn!(jobs = controls.len(), "grace period over; stopping the render");
+                for control in &controls {
+                    control.stop(Stop::Shutdown);
+                }
+                handle.await
+            }
+        };
+        let _ = publisher.await;
+
+        let (outcomes, stats) = match joined {
+            Ok(Ok(done)) => done,
+            Ok(Err(message)) => {
+                error!(%message, "render could not start");
+                let failed = indexes
+                    .iter()
+                    .map(|_| RenderOutcome::Failed {
+                        message: message.clone(),
+                        retryable: true,
+                    })
+                    .collect();
+                (failed, Default::default())
+            }
+            Err(join) => {
+                error!(error = %join, "render panicked");
+                let failed = indexes
+                    .iter()
+                    .map(|_| RenderOutcome::Failed {
+                        message: "the worker crashed while rendering".into(),
+                        retryable: true,
+                    })
+                    .collect();
+                (failed, Default::default())
+            }
+        };
+        info!(
+            jobs = indexes.len(),
+            seconds = format!("{:.2}", stats.seconds),
+            engine_calls = stats.calls,
+            "batch rendered"
+        );
+        let results = indexes
+            .into_iter()
+            .zip(outcomes)
+            .map(|(index, outcome)| {
+                let result = match outcome {
+                    RenderOutcome::Done(rendered) => Ok(rendered),
+                    RenderOutcome::Failed { message, retryable } => Err((message, retryable)),
+                    // The caller reads why from the job's control.
+                    RenderOutcome::Stopped => Err(("stopped".into(), true)),
+                };
+                (index, result)
+            })
+            .collect();
+        (results, Some(stats))
+    }
+
+    /// A job that was stopped while in hand: nothing of it is kept.
+    async fn stopped(&self, job: &Job, claimed: &Claimed, stop: Stop) {
+        match stop {
+            Stop::Cancelled => {
+                info!(job = %job.id, "job cancelled; output discarded");
+                self.metrics.outcome("cancelled");
+            }
+            Stop::LeaseLost => {
+                warn!(job = %job.id, "lease lost while rendering; output discarded");
+                self.metrics.lease_losses.inc();
+                self.metrics.outcome("lease_lost");
+            }
+            Stop::Shutdown => match self.dispatcher.release(&self.id, claimed).await {
+                Ok(()) => self.metrics.outcome("released"),
+                Err(error) => warn!(
+                    job = %job.id, %error,
+                    "job not released; it returns to the queue when its lease runs out"
+                ),
+            },
+        }
+    }
+
+    /// Records a failed attempt: retried after a backoff, or failed, refunded and reported.
+    async fn failed(&self, job: &Job, claimed: &Claimed, message: &str, retryable: bool) {
+        match self
+            .dispatcher
+            .fail(&self.id, claimed, message, retryable)
+            .await
+        {
+            Ok(Failure::Retry(_)) => self.metrics.outcome("retried"),
+            Ok(Failure::Failed { user_id, error }) => {
+                self.metrics.outcome("failed");
+                let result = JobResult {
+                    job_id: job.id,
+                    user_id,
+                    outcome: Outcome::Failed,
+                    error: Some(error),
+                    grid_key: None,
+                    images: Vec::new(),
+                    prompt: job.spec.positive_text(),
+                    cost_ms: 0,
+                };
+                if let Err(error) = self.dispatcher.publish_result(&result).await {
+                    error!(job = %job.id, %error, "failure result lost");
+                }
+            }
+            Err(DispatchError::Store(StoreError::Stale(_))) => {
+                self.metrics.lease_losses.inc();
+                self.metrics.outcome("lease_lost");
+            }
+            Err(error) => warn!(
+                job = %job.id, %error,
+                "failure not recorded; the job returns to the queue when its lease runs out"
+            ),
+        }
+    }
+
+    /// Writes a job's images under keys of its attempt, so a stale attempt never
+    /// overwrites what the winning one stored.
+    async fn store_images(
+        &self,
+        job: &Job,
+        claimed: &Claimed,
+        rendered: &Rendered,
+    ) -> Result<(Vec<NewImage>, Option<String>), huaxian_service::BlobError> {
+        let folder = attempt_folder(job.id, claimed.attempt);
+        let mut images = Vec::with_capacity(rendered.images.len());
+        for (index, image) in rendered.images.iter().enumerate() {
+            let key = format!("{folder}/{index}.png");
+            self.blobs.put(&key, image.png.clone()).await?;
+            images.push(NewImage {
+                index: index as i16,
+                blob_key: key,
+                width: image.width as i32,
+                height: image.height as i32,
+                bytes: image.png.len() as i64,
+                seed: image.seed as i64,
+            });
+        }
+        let grid_key = match &rendered.grid_png {
+            Some(png) => {
+                let key = format!("{folder}/grid.png");
+                self.blobs.put(&key, png.clone()).await?;
+                Some(key)
+            }
+            None => None,
+        };
+        Ok((images, grid_key))
+    }
+
+    /// Completes the stored jobs in one transaction and reports each. A job the worker no
+    /// longer holds has its blobs removed, unless the store shows that this very attempt
+    /// committed (a reply lost on the way back).
+    async fn complete(
+        &self,
+        jobs: &[Job],
+        claimed: &[Claimed],
+        finished: Vec<(usize, Rendered, Vec<NewImage>, Option<String>)>,
+    ) {
+        if finished.is_empty() {
+            return;
+        }
+        let reports: Vec<Done> = finished
+            .iter()
+            .map(|(index, rendered, images, grid_key)| Done {
+                claimed: &claimed[*index],
+                measured_ms: rendered.gpu_ms,
+                images: images.clone(),
+                grid_key: grid_key.clone(),
+            })
+            .collect();
+        let mut outcomes = None;
+        for attempt in 0..3 {
+            match self.dispatcher.complete_batch(&self.id, &reports).await {
+                Ok(done) => {
+                    outcomes = Some(done);
+                    break;
+                }
+                Err(error) => {
+                    warn!(%error, attempt, "completion not recorded; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        let Some(outcomes) = outcomes else {
+            error!(
+                jobs = finished.len(),
+                "completions not recorded; the jobs return to the queue when their leases run out"
+            );
+            return;
+        };
+
+        for ((index, _, images, grid_key), outcome) in finished.iter().zip(outcomes) {
+            let job = &jobs[*index];
+            let claim = &claimed[*index];
+            let cost_ms = match outcome {
+                Ok(completed) => completed.cost_ms,
+                Err(_) if self.committed(claim).await => job.reserved_ms,
+                Err(_) => {
+                    warn!(job = %job.id, "job no longer held at completion; output discarded");
+                    self.metrics.lease_losses.inc();
+                    self.metrics.outcome("lease_lost");
+                    let folder = attempt_folder(job.id, claim.attempt);
+                    for image in images {
+                        let _ = self.blobs.delete(&image.blob_key).await;
+                    }
+                    let _ = self.blobs.delete(&format!("{folder}/grid.png")).await;
+                    continue;
+                }
+            };
+            self.metrics.outcome("succeeded");
+            self.metrics.images.inc_by(images.len() as u64);
+            self.metrics
+                .run_seconds
+                .observe(claim.started.elapsed().as_secs_f64());
+            info!(
+                job = %job.id, user = job.user_id, kind = job.kind.as_str(),
+                images = images.len(), seconds = format!("{:.2}", claim.started.elapsed().as_secs_f64()),
+                "job succeeded"
+            );
+            let result = JobResult {
+                job_id: job.id,
+                user_id: job.user_id,
+                outcome: Outcome::Succeeded,
+                error: None,
+                grid_key: grid_key.clone(),
+                images: images
+                    .iter()
+                    .map(|image| ResultImage {
+                        index: image.index,
+                        blob_key: image.blob_key.clone(),
+                        width: image.width,
+                        height: image.height,
+                        seed: image.seed,
+                    })
+                    .collect(),
+                prompt: job.spec.positive_text(),
+                cost_ms,
+            };
+            if let Err(error) = self.dispatcher.publish_result(&result).await {
+                error!(job = %job.id, %error, "result not published; the gateway must recover it from Postgres");
+            }
+        }
+    }
+
+    /// Whether the store shows this worker's own attempt as the one that succeeded.
+    async fn committed(&self, claimed: &Claimed) -> bool {
+        match self.dispatcher.store().job(claimed.ticket.job_id).await {
+            Ok(job) => {
+                job.state == JobState::Succeeded
+                    && job.attempt == claimed.attempt
+                    && job.worker_id.as_deref() == Some(self.id.as_str())
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Where an attempt's images live: `jobs/<job>/<attempt>/`.
+pub fn attempt_folder(job_id: Uuid, attempt: i32) -> String {
+    format!("jobs/{job_id}/{attempt}")
+}
+
+/// Renews the leases of the jobs in hand and polls for cancellations, stopping a job's
+/// control when either says it must stop. Runs until aborted.
+async fn watch_jobs(
+    dispatcher: Dispatcher,
+    worker: String,
+    claimed: Vec<Claimed>,
+    controls: Vec<Arc<Control>>,
+    lease: Duration,
+) {
+    let renew_every = lease / 3;
+    let mut next_renew = Instant::now() + renew_every;
+    loop {
+        tokio::time::sleep(CANCEL_POLL).await;
+        let live: Vec<usize> = (0..claimed.len())
+            .filter(|i| controls[*i].stopped().is_none())
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let ids: Vec<Uuid> = live.iter().map(|i| claimed[*i].ticket.job_id).collect();
+        match dispatcher.cancelled(&ids).await {
+            Ok(flags) => {
+                for (i, cancelled) in live.iter().zip(flags) {
+                    if cancelled {
+                        controls[*i].stop(Stop::Cancelled);
+                    }
+                }
+            }
+            Err(error) => debug!(%error, "cancel poll failed; the lease renewal still fences"),
+        }
+
+        if Instant::now() < next_renew {
+            continue;
+        }
+        next_renew = Instant::now() + renew_every;
+        for i in live {
+            if controls[i].stopped().is_some() {
+                continue;
+            }
+            match dispatcher.renew(&worker, &claimed[i]).await {
+                Ok(()) => {}
+                Err(DispatchError::Store(StoreError::Stale(job_id))) => {
+                    let cancelled = matches!(
+                        dispatcher.store().job(job_id).await,
+                        Ok(job) if job.state == JobState::Cancelled
+                    );
+                    controls[i].stop(if cancelled {
+                        Stop::Cancelled
+                    } else {
+                        Stop::LeaseLost
+                    });
+                }
+                Err(error) => {
+                    warn!(job = %claimed[i].ticket.job_id, %error, "lease renewal failed; retrying")
+                }
+            }
+        }
+    }
+}
+
+/// Tells Postgres the worker is alive, and samples memory for the metrics.
+async fn heartbeat(
+    store: Store,
+    worker: String,
+    every: Duration,
+    alive_at: Arc<AtomicI64>,
+    metrics: Arc<Metrics>,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        metrics.sample_memory();
+        match store.worker_heartbeat(&worker).await {
+            Ok(()) => alive_at.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed),
+            Err(error) => warn!(%error, "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Shared test set-up: the tiny fixture model, a blob folder, the test's own database and
+//! Redis key prefix, and a worker running in-process.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use huaxian_engine::{LoadOptions, StableDiffusion};
+use huaxian_prompt::{JobSpec, PromptPart};
+use huaxian_queue::{Config, Dispatcher, JobResult};
+use huaxian_service::BlobStore;
+use huaxian_store::{Action, Caps, JobKind, Lane, NewJob, Store};
+use huaxian_worker::{Models, Worker, WorkerSettings};
+use redis::AsyncCommands;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub const MODEL: &str = "tiny";
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn load_model() -> StableDiffusion {
+    StableDiffusion::load(&fixtures().join("models/sd1"), &LoadOptions::default()).unwrap()
+}
+
+pub fn models() -> Models {
+    [(MODEL.to_string(), load_model())].into()
+}
+
+pub fn caps() -> Caps {
+    Caps {
+        running_per_user: 100,
+        queued_per_user: 100,
+        commands_per_minute: 10_000,
+        daily_images: 100_000,
+        fast_ms_per_period: 100_000_000,
+        retry_backoff: chrono::Duration::zero(),
+        ..Caps::default()
+    }
+}
+
+/// A dispatcher on the test's database with its own key prefix, and a blob folder.
+pub struct Harness {
+    pub dispatcher: Dispatcher,
+    pub blobs: BlobStore,
+    pub blob_dir: tempfile::TempDir,
+    next_interaction: std::sync::atomic::AtomicI64,
+}
+
+impl Harness {
+    pub async fn new(pool: PgPool) -> Self {
+        Self::with_lease(pool, Duration::from_secs(10)).await
+    }
+
+    pub async fn with_lease(pool: PgPool, lease: Duration) -> Self {
+        let config = Config {
+            prefix: format!("test-{}", Uuid::new_v4().simple()),
+            lease,
+            reconcile_grace: Duration::ZERO,
+            ..Config::default()
+        };
+        let dispatcher = Dispatcher::connect(Store::from_pool(pool, caps()), &redis_url(), config)
+            .await
+            .unwrap();
+        let blob_dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(blob_dir.path().to_str().unwrap()).unwrap();
+        Self {
+            dispatcher,
+            blobs,
+            blob_dir,
+            next_interaction: 1.into(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.dispatcher.store()
+    }
+
+    pub fn settings(&self, id: &str, max_batch: u32) -> WorkerSettings {
+        WorkerSettings {
+            id: Some(id.into()),
+            max_batch,
+            lease_s: self.lease_s(),
+            grace_s: 30.0,
+            heartbeat_s: 1.0,
+            reconcile_s: 0.5,
+            idle_poll_ms: 20,
+            ..WorkerSettings::default()
+        }
+    }
+
+    fn lease_s(&self) -> f64 {
+        10.0
+    }
+
+    /// Starts a worker with the tiny model; stop it with the returned sender.
+    pub fn spawn_worker(
+        &self,
+        settings: WorkerSettings,
+        models: Models,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let worker = Worker::new(
+            settings,
+            self.dispatcher.clone(),
+            self.blobs.clone(),
+            models,
+            25 << 20,
+        )
+        .unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        (stop, tokio::spawn(worker.run(shutdown)))
+    }
+
+    pub async fn submit(&self, job: NewJob) -> Uuid {
+        self.dispatcher.submit(&job).await.unwrap().ticket.job_id
+    }
+
+    /// An `imagine` job of the tiny model for `user`.
+    pub fn imagine(&self, user: i64, spec: JobSpec) -> NewJob {
+        self.new_job(user, JobKind::Imagine, spec, None, Vec::new())
+    }
+
+    /// A job made by a button on `parent`.
+    pub fn button(&self, user: i64, parent: Uuid, action: Action, spec: JobSpec) -> NewJob {
+        self.new_job(user, action.kind(), spec, Some((parent, action)), Vec::new())
+    }
+
+    pub fn new_job(
+        &self,
+        user: i64,
+        kind: JobKind,
+        spec: JobSpec,
+        parent: Option<(Uuid, Action)>,
+        inputs: Vec<String>,
+    ) -> NewJob {
+        let interaction_id = self
+            .next_interaction
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        NewJob {
+            kind,
+            images: if kind == JobKind::Upscale { 1 } else { 4 },
+            estimate_ms: 5_000,
+            image_index: parent
+                .and_then(|(_, action)| action.image_index())
+                .map(i16::from),
+            parent: parent.map(|(id, action)| (id, action.key())),
+            inputs,
+            spec,
+            lane: Lane::Fast,
+            interaction_id,
+            user_id: user,
+            guild_id: None,
+            channel_id: 7,
+        }
+    }
+
+    /// Waits for the result of `job`, acknowledging every result read on the way.
+    pub async fn result(&self, job: Uuid) -> JobResult {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "no result for {job} in 120 s");
+            let deliveries = self
+                .dispatcher
+                .read_results("tests", "t", 16, Duration::from_millis(500))
+                .await
+                .unwrap();
+            let mut found = None;
+            for delivery in deliveries {
+                self.dispatcher
+                    .ack_result("tests", &delivery.entry_id)
+                    .await
+                    .unwrap();
+                if delivery.result.job_id == job {
+                    found = Some(delivery.result);
+                }
+            }
+            if let Some(result) = found {
+                return result;
+            }
+        }
+    }
+
+    /// Deletes every Redis key of the test.
+    pub async fn flush(&self) {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis
+            .keys(format!("{}:*", self.dispatcher.prefix()))
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis.del(keys).await.unwrap();
+        }
+    }
+}
+
+/// A spec of the tiny model: 64×64, 4 DDIM steps, seed `seed`.
+pub fn spec(prompt: &str, seed: Option<u32>) -> JobSpec {
+    JobSpec {
+        prompt: vec![PromptPart {
+            text: prompt.into(),
+            weight: 1.0,
+        }],
+        negative: "blurry".into(),
+        width: 64,
+        height: 64,
+        aspect: (1, 1),
+        seed,
+        steps: 4,
+        stop_percent: 100,
+        guidance: 7.0,
+        stylize: 100,
+        chaos: 0,
+        quality: 1.0,
+        sampler: "ddim".into(),
+        model: MODEL.into(),
+        raw: prompt.into(),
+    }
+}
+
+/// Largest difference of one channel between two images of the same size.
+pub fn max_difference(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
+pub async fn png(blobs: &BlobStore, key: &str) -> Vec<u8> {
+    blobs.get(key, 1 << 30).await.unwrap()
+}
+
+pub fn decode(png: &[u8]) -> image::RgbImage {
+    image::load_from_memory(png).unwrap().to_rgb8()
+}
