@@ -25,6 +25,9 @@ use crate::control::Control;
 /// Largest preview sent with a progress event, in bytes.
 pub const PREVIEW_BYTES: usize = 64 * 1024;
 
+/// Longer side of a preview, in pixels.
+pub const PREVIEW_SIDE: u32 = 256;
+
 /// Shortest gap between two progress events of one job.
 pub const PROGRESS_GAP: Duration = Duration::from_secs(1);
 
@@ -322,12 +325,28 @@ impl ProgressTracker {
     }
 }
 
-/// A JPEG of the previews: a 2×2 grid for grid jobs, else the one image.
+/// A JPEG of the previews: a 2×2 grid for grid jobs, else the one image. Latent previews
+/// have one pixel per latent cell (a 512×512 image previews at 64×64), so they are
+/// enlarged to [`PREVIEW_SIDE`] on their longer side for display.
 fn preview_jpeg(previews: &[RgbImage], as_grid: bool) -> Option<Vec<u8>> {
     let image = if as_grid && previews.len() == 4 {
         grid(previews).ok()?
     } else {
         previews.first()?.clone()
+    };
+    let (width, height) = image.dimensions();
+    let longer = width.max(height).max(1);
+    let image = if longer < PREVIEW_SIDE {
+        let scale = f64::from(PREVIEW_SIDE) / f64::from(longer);
+        let size = |side: u32| ((f64::from(side) * scale).round() as u32).max(1);
+        image::imageops::resize(
+            &image,
+            size(width),
+            size(height),
+            image::imageops::FilterType::Triangle,
+        )
+    } else {
+        image
     };
     jpeg_within(&image, PREVIEW_BYTES).ok()
 }
