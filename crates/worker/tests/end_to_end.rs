@@ -13,7 +13,14 @@ use sqlx::PgPool;
 #[sqlx::test(migrations = "../../migrations")]
 async fn every_job_kind_end_to_end(pool: PgPool) {
     let harness = Harness::new(pool.clone()).await;
-    let (stop, worker, _) = harness.spawn_worker(harness.settings("w-e2e", 4), models());
+    let mut settings = harness.settings("w-e2e", 4);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    settings.metrics_addr = Some(([127, 0, 0, 1], port).into());
+    let (stop, worker, _) = harness.spawn_worker(settings, models());
 
     // imagine: four images and the grid, with their settings in the PNGs.
     let grid_job = harness
@@ -141,6 +148,35 @@ async fn every_job_kind_end_to_end(pool: PgPool) {
         png_parameters(&png(&harness.blobs, &result.images[0].blob_key).await).unwrap();
     assert!(parameters.contains("Blend: 2 images"), "{parameters}");
 
+    // Metrics and health over HTTP, as Prometheus and an orchestrator read them.
+    let metrics = http_get(port, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("huaxian_worker_jobs_total{outcome=\"succeeded\",worker=\"w-e2e\"} 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("huaxian_worker_images_total{worker=\"w-e2e\"} 18"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("huaxian_worker_step_seconds_count"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("huaxian_worker_model_load_seconds{model=\"tiny\""),
+        "{metrics}"
+    );
+    let health = http_get(port, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let live = harness
+        .store()
+        .live_workers(chrono::Duration::seconds(10))
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].models, vec!["tiny".to_string()]);
+
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
     let workers = harness.store().workers().await.unwrap();
@@ -149,6 +185,18 @@ async fn every_job_kind_end_to_end(pool: PgPool) {
         "a stopped worker unregisters"
     );
     harness.flush().await;
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
 
 /// Two 96×80 images, one red-ish and one blue-ish, as a user would upload.

@@ -175,3 +175,50 @@ fn tiny_png() -> Vec<u8> {
         .unwrap();
     bytes
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_lost_lease_stops_the_render_and_discards_its_output(pool: PgPool) {
+    let harness = Harness::new(pool.clone()).await;
+    let mut settings = harness.settings("w-fenced", 1);
+    settings.lease_s = 1.5;
+    // This worker must not take its own job back: the test plays the other worker.
+    settings.reconcile_s = 3600.0;
+    let (stop, worker, metrics) = harness.spawn_worker(settings, models());
+
+    let mut long = spec("a long render", Some(8));
+    long.steps = 400;
+    let job = harness.submit(harness.imagine(9, long)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while harness.store().job(job).await.unwrap().state != JobState::Running {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Another party takes the job over, as the reconciler does when a lease runs out.
+    sqlx::query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = harness.dispatcher.reconcile().await.unwrap();
+    assert_eq!(report.retried, 1);
+
+    // The worker's next renewal is refused: it stops and writes nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metrics.lease_losses.get() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never noticed its lease was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = harness.store().job(job).await.unwrap();
+    assert_ne!(row.state, JobState::Succeeded);
+    assert!(harness.store().images(job).await.unwrap().is_empty());
+    let written = harness.blobs.list(&format!("jobs/{job}")).await.unwrap();
+    assert!(written.is_empty(), "the stale attempt stored {written:?}");
+
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    harness.flush().await;
+}
