@@ -17,7 +17,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use model::{LoadOptions, StableDiffusion};
+pub use model::{parse_device_and_dtype, LoadOptions, StableDiffusion};
 pub use sampler::{Sampler, SamplerKind, SchedulerConfig};
 
 /// Tunes glibc's allocator for libtorch's pattern of large, short-lived CPU buffers.

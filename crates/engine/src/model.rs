@@ -36,6 +36,39 @@ impl Default for LoadOptions {
     }
 }
 
+/// Reads a device (`cpu`, `cuda`, `cuda:N`) and a dtype (`f32`, `f16`, `bf16`), checking
+/// that the device exists and that half precision is not asked of the CPU.
+pub fn parse_device_and_dtype(device: &str, dtype: &str) -> Result<(Device, Kind)> {
+    let bad = |m: String| Err(Error::InvalidRequest(m));
+    let parsed = match device {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Device::Cuda(n),
+            _ => return bad(format!("unknown device `{other}`: use cpu, cuda or cuda:N")),
+        },
+    };
+    if let Device::Cuda(n) = parsed {
+        let available = tch::Cuda::device_count() as usize;
+        if n >= available {
+            return bad(format!(
+                "device `{device}` is not available: this machine's libtorch sees {available} \
+                 CUDA device(s); use cpu or a CUDA build of libtorch"
+            ));
+        }
+    }
+    let kind = match dtype {
+        "f32" | "fp32" | "float32" => Kind::Float,
+        "f16" | "fp16" | "float16" => Kind::Half,
+        "bf16" | "bfloat16" => Kind::BFloat16,
+        other => return bad(format!("unknown dtype `{other}`: use f32, f16 or bf16")),
+    };
+    if kind != Kind::Float && parsed == Device::Cpu {
+        return bad(format!("dtype {dtype} needs a GPU; on the CPU use f32"));
+    }
+    Ok((parsed, kind))
+}
+
 /// A loaded model, ready to render.
 pub struct StableDiffusion {
     pub name: String,

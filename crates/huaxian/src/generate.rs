@@ -8,9 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use huaxian_engine::image_io::{grid, png_with_parameters, read_image};
 use huaxian_engine::pipeline::{self, parameters_text, InitImage, Request};
-use huaxian_engine::{LoadOptions, SamplerKind, StableDiffusion};
+use huaxian_engine::{parse_device_and_dtype, LoadOptions, SamplerKind, StableDiffusion};
 use indicatif::{ProgressBar, ProgressStyle};
-use tch::{Device, Kind};
+use tch::Kind;
 
 use crate::hub::{self, RepoRef};
 
@@ -66,46 +66,9 @@ pub struct Args {
     out: PathBuf,
 }
 
-pub fn parse_device(text: &str) -> Result<Device> {
-    let device = match text {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Device::Cuda(n),
-            _ => bail!("unknown device `{other}`: use cpu, cuda or cuda:N"),
-        },
-    };
-    if let Device::Cuda(n) = device {
-        let available = tch::Cuda::device_count() as usize;
-        if n >= available {
-            bail!(
-                "device `{text}` is not available: this machine's libtorch sees {available} CUDA \
-                 device(s); use --device cpu or a CUDA build of libtorch"
-            );
-        }
-    }
-    Ok(device)
-}
-
-pub fn parse_dtype(text: &str) -> Result<Kind> {
-    Ok(match text {
-        "f32" | "fp32" | "float32" => Kind::Float,
-        "f16" | "fp16" | "float16" => Kind::Half,
-        "bf16" | "bfloat16" => Kind::BFloat16,
-        other => bail!("unknown dtype `{other}`: use f32, f16 or bf16"),
-    })
-}
-
 pub fn run(args: Args) -> Result<()> {
     let sampler: SamplerKind = args.sampler.parse()?;
-    let device = parse_device(&args.device)?;
-    let kind = parse_dtype(&args.dtype)?;
-    if kind != Kind::Float && device == Device::Cpu {
-        bail!(
-            "--dtype {} needs a GPU; on the CPU use --dtype f32",
-            args.dtype
-        );
-    }
+    let (device, kind) = parse_device_and_dtype(&args.device, &args.dtype)?;
     let model_path = match args.model.to_str().and_then(RepoRef::parse) {
         Some(reference) => hub::fetch(&reference?, kind == Kind::Half)?,
         None => args.model.clone(),

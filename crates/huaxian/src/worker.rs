@@ -2,14 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
-use huaxian_engine::LoadOptions;
+use huaxian_engine::{parse_device_and_dtype, LoadOptions};
 use huaxian_worker::{Settings, Worker};
-use tch::{Device, Kind};
+use tch::Kind;
 use tokio::sync::watch;
 
-use crate::generate::{parse_device, parse_dtype};
 use crate::hub::{self, RepoRef};
 
 #[derive(Parser, Debug)]
@@ -21,14 +20,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let mut settings: Settings = huaxian_service::load(args.config.as_deref())?;
-    let device = parse_device(&settings.worker.device)?;
-    let kind = parse_dtype(&settings.worker.dtype)?;
-    if kind != Kind::Float && device == Device::Cpu {
-        bail!(
-            "worker.dtype = {:?} needs a GPU; on the CPU use \"f32\"",
-            settings.worker.dtype
-        );
-    }
+    let (device, kind) = parse_device_and_dtype(&settings.worker.device, &settings.worker.dtype)
+        .context("[worker] device and dtype")?;
     for model in &mut settings.worker.models {
         if let Some(reference) = model.path.to_str().and_then(RepoRef::parse) {
             model.path = hub::fetch(&reference?, kind == Kind::Half)

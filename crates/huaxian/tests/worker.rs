@@ -71,8 +71,9 @@ impl Deployment {
         self.dir.path().join("blobs")
     }
 
-    /// Writes a configuration for worker `id` and starts `huaxian worker` on it.
-    fn worker(&self, id: &str, grace_s: f64) -> Child {
+    /// Writes a configuration for worker `id` and starts `huaxian worker` on it. A short
+    /// lease lets a killed worker's job come back quickly.
+    fn worker(&self, id: &str, grace_s: f64, lease_s: f64) -> Child {
         let config = self.dir.path().join(format!("{id}.toml"));
         let text = format!(
             r#"
@@ -93,7 +94,7 @@ retry_backoff_s = 0
 [worker]
 id = "{id}"
 max_batch = 1
-lease_s = 2
+lease_s = {lease_s}
 grace_s = {grace_s}
 heartbeat_s = 1
 reconcile_s = 0.5
@@ -244,13 +245,13 @@ async fn exit_code(child: &mut Child, within: Duration) -> i32 {
 #[sqlx::test(migrations = "../../migrations")]
 async fn killed_mid_render_the_job_is_finished_once_by_another_worker(pool: PgPool) {
     let deployment = Deployment::new(pool.clone()).await;
-    let mut first = deployment.worker("w-first", 30.0);
+    let mut first = deployment.worker("w-first", 30.0, 3.0);
     let job = deployment.submit(200, 1).await;
     deployment.rendering(job).await;
     signal(&first, libc::SIGKILL);
     first.wait().await.unwrap();
 
-    let mut second = deployment.worker("w-second", 30.0);
+    let mut second = deployment.worker("w-second", 30.0, 3.0);
     let row = deployment.wait_for_state(job, JobState::Succeeded).await;
     assert_eq!(row.worker_id.as_deref(), Some("w-second"));
     assert_eq!(row.attempt, 2);
@@ -296,7 +297,7 @@ async fn killed_mid_render_the_job_is_finished_once_by_another_worker(pool: PgPo
 #[sqlx::test(migrations = "../../migrations")]
 async fn sigterm_finishes_the_job_in_hand_then_exits_zero(pool: PgPool) {
     let deployment = Deployment::new(pool.clone()).await;
-    let mut worker = deployment.worker("w-term", 60.0);
+    let mut worker = deployment.worker("w-term", 60.0, 30.0);
     let job = deployment.submit(60, 1).await;
     deployment.rendering(job).await;
     signal(&worker, libc::SIGTERM);
@@ -316,7 +317,7 @@ async fn sigterm_finishes_the_job_in_hand_then_exits_zero(pool: PgPool) {
 #[sqlx::test(migrations = "../../migrations")]
 async fn sigterm_past_the_grace_period_gives_the_job_back(pool: PgPool) {
     let deployment = Deployment::new(pool.clone()).await;
-    let mut worker = deployment.worker("w-impatient", 0.0);
+    let mut worker = deployment.worker("w-impatient", 0.0, 30.0);
     let job = deployment.submit(400, 1).await;
     deployment.rendering(job).await;
     let stopped = Instant::now();
@@ -348,7 +349,7 @@ async fn sigterm_past_the_grace_period_gives_the_job_back(pool: PgPool) {
     );
 
     // Another worker picks it up and finishes it.
-    let mut next = deployment.worker("w-next", 30.0);
+    let mut next = deployment.worker("w-next", 30.0, 30.0);
     deployment.wait_for_state(job, JobState::Succeeded).await;
     signal(&next, libc::SIGTERM);
     assert_eq!(exit_code(&mut next, Duration::from_secs(30)).await, 0);

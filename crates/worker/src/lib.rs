@@ -12,6 +12,7 @@ pub mod control;
 pub mod metrics;
 pub mod plan;
 pub mod render;
+pub mod renderer;
 pub mod run;
 pub mod settings;
 

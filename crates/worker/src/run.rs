@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -28,6 +28,7 @@ use crate::control::{Control, Stop};
 use crate::metrics::Metrics;
 use crate::plan::{plan, Work};
 use crate::render::{render_batch, RenderJob, RenderOutcome, Rendered, RenderedImage};
+use crate::renderer::Renderer;
 use crate::settings::{Settings, WorkerSettings};
 
 /// How often the watcher asks whether jobs in hand were cancelled.
@@ -45,8 +46,10 @@ pub struct Worker {
     settings: WorkerSettings,
     dispatcher: Dispatcher,
     blobs: BlobStore,
-    models: Arc<Mutex<Models>>,
+    renderer: Renderer,
     names: Vec<String>,
+    /// The device the models run on, in words.
+    device: String,
     metrics: Arc<Metrics>,
     max_input_bytes: u64,
     /// Unix milliseconds of the last heartbeat that reached Postgres.
@@ -80,44 +83,49 @@ impl Worker {
             .context("connecting to Redis ([redis] url)")?;
         let blobs = BlobStore::open(&settings.blob.url)?;
 
-        let mut models = Models::new();
-        for model in &worker.models {
-            let path = model.path.clone();
-            let options = LoadOptions {
-                config_dir: model.config_dir.clone(),
-                ..options.clone()
-            };
-            let loaded =
-                tokio::task::spawn_blocking(move || StableDiffusion::load(&path, &options))
-                    .await?
+        let configured = worker.models.clone();
+        let load = move || {
+            let mut models = Models::new();
+            for model in &configured {
+                let options = LoadOptions {
+                    config_dir: model.config_dir.clone(),
+                    ..options.clone()
+                };
+                let loaded = StableDiffusion::load(&model.path, &options)
                     .with_context(|| format!("loading model `{}`", model.name))?;
-            models.insert(model.name.clone(), loaded);
-        }
+                models.insert(model.name.clone(), loaded);
+            }
+            Ok(models)
+        };
         Self::new(
             worker.clone(),
             dispatcher,
             blobs,
-            models,
+            load,
             settings.blob.max_input_bytes,
         )
+        .await
     }
 
-    /// A worker over connections and models the caller made (tests, benchmarks).
-    pub fn new(
+    /// A worker over connections the caller made and the models `load` makes on the
+    /// render thread (tests, benchmarks).
+    pub async fn new<F>(
         settings: WorkerSettings,
         dispatcher: Dispatcher,
         blobs: BlobStore,
-        models: Models,
+        load: F,
         max_input_bytes: u64,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<Self>
+    where
+        F: FnOnce() -> anyhow::Result<Models> + Send + 'static,
+    {
         let id = settings.worker_id();
         let metrics = Arc::new(Metrics::new(&id)?);
-        let mut names: Vec<String> = models.keys().cloned().collect();
-        names.sort();
-        for (name, model) in &models {
+        let (renderer, loaded) = Renderer::start(load).await?;
+        for model in &loaded {
             metrics
                 .model_load_seconds
-                .with_label_values(&[name])
+                .with_label_values(&[&model.name])
                 .set(model.load_seconds);
         }
         Ok(Self {
@@ -125,8 +133,12 @@ impl Worker {
             settings,
             dispatcher,
             blobs,
-            models: Arc::new(Mutex::new(models)),
-            names,
+            renderer,
+            names: loaded.iter().map(|model| model.name.clone()).collect(),
+            device: loaded
+                .first()
+                .map(|model| model.device.clone())
+                .unwrap_or_default(),
             metrics,
             max_input_bytes,
             alive_at: Arc::new(AtomicI64::new(0)),
@@ -145,19 +157,11 @@ impl Worker {
     /// within the grace period, unregisters, and returns.
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let store = self.dispatcher.store().clone();
-        let device = self
-            .models
-            .lock()
-            .map_err(|_| anyhow::anyhow!("a render panicked while holding the models"))?
-            .values()
-            .next()
-            .map(|model| format!("{:?}", model.device))
-            .unwrap_or_default();
         store
             .register_worker(&huaxian_store::Worker {
                 id: self.id.clone(),
                 models: self.names.clone(),
-                device,
+                device: self.device.clone(),
                 max_pixels: self.settings.max_pixels,
                 max_batch: self.settings.max_batch as i32,
                 heartbeat_at: chrono::Utc::now(),
@@ -327,6 +331,7 @@ impl Worker {
             }
         }
 
+        debug!(jobs = jobs.len(), "batch planned");
         let (outcomes, stats) = self.render(model, renders, shutdown).await;
         for (index, outcome) in outcomes {
             held.push((index, outcome));
@@ -387,7 +392,9 @@ impl Worker {
                     .set(images_made as f64 / stats.seconds);
             }
         }
+        debug!(images = images_made, "images stored");
         self.complete(&jobs, &claimed, finished).await;
+        debug!("batch reported");
         watcher.abort();
         self.metrics.busy.set(0);
     }
@@ -420,12 +427,9 @@ impl Worker {
 
         let (indexes, renders): (Vec<usize>, Vec<RenderJob>) = renders.into_iter().unzip();
         let controls: Vec<Arc<Control>> = renders.iter().map(|r| r.control.clone()).collect();
-        let models = self.models.clone();
         let name = model.to_string();
-        let mut handle = tokio::task::spawn_blocking(move || {
-            let models = models
-                .lock()
-                .map_err(|_| "a previous render panicked; restart the worker".to_string())?;
+        let renderer = self.renderer.clone();
+        let mut handle = Box::pin(renderer.run(move |models| {
             let model = models
                 .get(&name)
                 .ok_or_else(|| format!("model `{name}` is not loaded on this worker"))?;
@@ -434,7 +438,7 @@ impl Worker {
                 let _ = progress_tx.try_send(progress);
             };
             Ok::<_, String>(render_batch(model, &renders, &mut send))
-        });
+        }));
 
         let grace = self.settings.grace();
         let stop_after_grace = async {
@@ -466,8 +470,8 @@ impl Worker {
                     .collect();
                 (failed, Default::default())
             }
-            Err(join) => {
-                error!(error = %join, "render panicked");
+            Err(crash) => {
+                error!(error = %crash, "render crashed");
                 let failed = indexes
                     .iter()
                     .map(|_| RenderOutcome::Failed {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{decode, max_difference, models, png, spec, Harness};
+use common::{decode, max_difference, png, spec, Harness};
 use huaxian_engine::image_io::{png_parameters, quadrant};
 use huaxian_queue::Outcome;
 use huaxian_service::BlobStore;
@@ -20,7 +20,7 @@ async fn every_job_kind_end_to_end(pool: PgPool) {
         .unwrap()
         .port();
     settings.metrics_addr = Some(([127, 0, 0, 1], port).into());
-    let (stop, worker, _) = harness.spawn_worker(settings, models());
+    let (stop, worker, _) = harness.spawn_worker(settings).await;
 
     // imagine: four images and the grid, with their settings in the PNGs.
     let grid_job = harness
@@ -240,7 +240,7 @@ async fn batched_jobs_equal_the_same_jobs_alone(pool: PgPool) {
                 .await,
         );
     }
-    let (stop, worker, _) = harness.spawn_worker(harness.settings("w-batch", 2), models());
+    let (stop, worker, _) = harness.spawn_worker(harness.settings("w-batch", 2)).await;
     let mut batched_grids = Vec::new();
     for job in &batched {
         let result = harness.result(*job).await;
@@ -255,7 +255,7 @@ async fn batched_jobs_equal_the_same_jobs_alone(pool: PgPool) {
     worker.await.unwrap().unwrap();
 
     // The same jobs again, on a worker that takes one at a time.
-    let (stop, worker, _) = harness.spawn_worker(harness.settings("w-alone", 1), models());
+    let (stop, worker, _) = harness.spawn_worker(harness.settings("w-alone", 1)).await;
     for (n, prompt) in prompts.iter().enumerate() {
         let mut job_spec = spec(prompt, Some(100 + n as u32 * 10));
         job_spec.chaos = 50;

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{models, spec, Harness};
+use common::{spec, Harness};
 use huaxian_queue::Outcome;
 use huaxian_store::{JobKind, JobState};
 use sqlx::PgPool;
@@ -24,7 +24,7 @@ async fn ledger(pool: &PgPool, user: i64) -> (i64, i64) {
 #[sqlx::test(migrations = "../../migrations")]
 async fn progress_then_cancel_stops_refunds_and_keeps_serving(pool: PgPool) {
     let harness = Harness::new(pool.clone()).await;
-    let (stop, worker, metrics) = harness.spawn_worker(harness.settings("w-cancel", 1), models());
+    let (stop, worker, metrics) = harness.spawn_worker(harness.settings("w-cancel", 1)).await;
 
     let mut long = spec("a long render", Some(3));
     long.steps = 400;
@@ -102,7 +102,7 @@ async fn progress_then_cancel_stops_refunds_and_keeps_serving(pool: PgPool) {
 #[sqlx::test(migrations = "../../migrations")]
 async fn bad_input_fails_the_job_and_the_worker_keeps_serving(pool: PgPool) {
     let harness = Harness::new(pool.clone()).await;
-    let (stop, worker, metrics) = harness.spawn_worker(harness.settings("w-bad", 4), models());
+    let (stop, worker, metrics) = harness.spawn_worker(harness.settings("w-bad", 4)).await;
 
     // A job for a model this worker does not have is never claimed by it.
     let mut other_model = spec("elsewhere", Some(1));
@@ -183,7 +183,7 @@ async fn a_lost_lease_stops_the_render_and_discards_its_output(pool: PgPool) {
     settings.lease_s = 1.5;
     // This worker must not take its own job back: the test plays the other worker.
     settings.reconcile_s = 3600.0;
-    let (stop, worker, metrics) = harness.spawn_worker(settings, models());
+    let (stop, worker, metrics) = harness.spawn_worker(settings).await;
 
     let mut long = spec("a long render", Some(8));
     long.steps = 400;

@@ -112,10 +112,9 @@ impl Harness {
     }
 
     /// Starts a worker with the tiny model; stop it with the returned sender.
-    pub fn spawn_worker(
+    pub async fn spawn_worker(
         &self,
         settings: WorkerSettings,
-        models: Models,
     ) -> (
         watch::Sender<bool>,
         tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -125,9 +124,10 @@ impl Harness {
             settings,
             self.dispatcher.clone(),
             self.blobs.clone(),
-            models,
+            || Ok(models()),
             25 << 20,
         )
+        .await
         .unwrap();
         let metrics = worker.metrics().clone();
         let (stop, shutdown) = watch::channel(false);
