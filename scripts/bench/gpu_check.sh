@@ -7,7 +7,13 @@
 #   2. renders the tiny SD 1.x fixture on CPU and CUDA and compares them (a seed must give the
 #      same image on both);
 #   3. runs the GPU engine benchmark (fp16, 512x512, 4 images, 30 DDIM steps) against
-#      diffusers on SD 1.5-sized random weights generated on the machine.
+#      diffusers on SD 1.5-sized random weights generated on the machine;
+#   4. runs the worker's batching benchmark on the same weights (8 jobs x 4 images, batched
+#      against one at a time; target >= 1.5x), which needs no Postgres or Redis with --direct.
+# The release binaries carry line tables and exceed what a run may carry; strip copies first:
+#   strip -o dist/huaxian target/release/huaxian
+#   strip -o dist/worker-bench target/release/worker-bench
+# and set BIN=dist/huaxian WORKER_BENCH=dist/worker-bench.
 set -euo pipefail
 PY=/opt/torch/.venv/bin/python
 TORCH_LIB=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/torch/lib)
@@ -17,7 +23,8 @@ if [ -d .whl ]; then
         --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site
 fi
-BIN=target/release/huaxian
+BIN=${BIN:-target/release/huaxian}
+WORKER_BENCH=${WORKER_BENCH:-target/release/worker-bench}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 
@@ -46,3 +53,7 @@ PY
 
 echo "== 3. GPU benchmark"
 "$PY" scripts/bench/engine.py --gpu --huaxian "$BIN" --model /tmp/sd15-random
+
+echo "== 4. Worker batching on the GPU"
+"$WORKER_BENCH" --direct --device cuda --dtype f16 --model /tmp/sd15-random --size 512 \
+    --steps 30 --jobs 8 --runs 3 --target 1.5
