@@ -142,9 +142,12 @@ fn check_run(
     let integer = run.timesteps.iter().all(|t| t.fract() == 0.0);
     let timesteps_match = timesteps.len() == run.timesteps.len()
         && timesteps.iter().zip(&run.timesteps).all(|(&a, &b)| {
-            // Karras timesteps come from numpy's float32 log, which is 1 ulp off the
-            // correctly rounded log for some inputs.
-            a == b || (!integer && (a - b).abs() <= 1e-6 * b.abs().max(10.0))
+            // Karras timesteps come from float32 logs and interpolation: numpy's log is 1 ulp
+            // off the correctly rounded one for some inputs, and libtorch's vectorised log
+            // differs by CPU (AVX2 or AVX-512), which moves a timestep by up to about a dozen
+            // float32 ulps where the schedule is steep. 1e-5 relative is 0.01 of a timestep
+            // at 1000; the latents are still held to 1e-4 below.
+            a == b || (!integer && (a - b).abs() <= 1e-5 * b.abs().max(10.0))
         });
     if !timesteps_match {
         failures.push(format!(

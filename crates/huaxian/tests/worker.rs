@@ -111,11 +111,14 @@ path = "{model}"
             model = fixtures().join("models/sd1").display(),
         );
         std::fs::write(&config, text).unwrap();
+        // The worker's log goes to a file beside its configuration, kept for a failing run.
+        let log = std::fs::File::create(self.dir.path().join(format!("{id}.log"))).unwrap();
         Command::new(env!("CARGO_BIN_EXE_huaxian"))
             .args(["worker", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .unwrap()
