@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod rng;
 pub mod sampler;
 pub mod single_file;
+pub mod textgen;
 pub mod tokenizer;
 pub mod weights;
 

@@ -305,7 +305,7 @@ pub fn generate_encoded(
     guarded(|| render(model, requests, encoded, progress))
 }
 
-fn guarded<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn guarded<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
     attempt.unwrap_or_else(|payload| {
         let message = payload

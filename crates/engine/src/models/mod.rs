@@ -3,5 +3,6 @@
 pub mod blocks;
 pub mod clip;
 pub mod config;
+pub mod gpt2;
 pub mod unet;
 pub mod vae;
