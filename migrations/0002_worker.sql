@@ -6,3 +6,8 @@ ALTER TABLE jobs ADD COLUMN inputs TEXT[] NOT NULL DEFAULT '{}';
 -- Blob key of the 2×2 grid of a finished grid job; NULL for single-image jobs.
 ALTER TABLE jobs ADD COLUMN grid_key TEXT;
 CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+
+-- Prompt expansion: the user's default for --expand (NULL: the service's), and the prompt a
+-- job actually rendered once a text model expanded it.
+ALTER TABLE users ADD COLUMN expand BOOLEAN;
+ALTER TABLE jobs ADD COLUMN final_prompt TEXT;

@@ -127,16 +127,22 @@ pub fn quadrant(grid: &RgbImage, index: u32) -> Result<RgbImage> {
     Ok(imageops::crop_imm(grid, (index % 2) * w, (index / 2) * h, w, h).to_image())
 }
 
-/// Encodes a PNG carrying `parameters` as a tEXt chunk, where A1111-compatible tools look.
+/// Encodes a PNG carrying `parameters` where A1111-compatible tools look: a tEXt chunk when
+/// the text is Latin-1 (as A1111 writes it), else an iTXt chunk, which holds UTF-8, so
+/// prompts in any script or with emoji keep their metadata.
 pub fn png_with_parameters(image: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut out, image.width(), image.height());
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
-        encoder
-            .add_text_chunk("parameters".to_string(), parameters.to_string())
-            .map_err(|e| Error::InvalidRequest(format!("PNG metadata: {e}")))?;
+        let latin1 = parameters.chars().all(|c| u32::from(c) <= 0xff);
+        let added = if latin1 {
+            encoder.add_text_chunk("parameters".to_string(), parameters.to_string())
+        } else {
+            encoder.add_itxt_chunk("parameters".to_string(), parameters.to_string())
+        };
+        added.map_err(|e| Error::InvalidRequest(format!("PNG metadata: {e}")))?;
         let mut writer = encoder
             .write_header()
             .map_err(|e| Error::InvalidRequest(format!("PNG encoding: {e}")))?;
@@ -214,5 +220,23 @@ pub fn jpeg_within(image: &RgbImage, max_bytes: usize) -> Result<Vec<u8>> {
             (height * 3 / 4).max(1),
             imageops::FilterType::Triangle,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_round_trip_in_any_script() {
+        let image = RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]));
+        for text in [
+            "a café at dusk\nSteps: 4",
+            "画仙 山水 🐉 over the city\nSteps: 4",
+        ] {
+            let png = png_with_parameters(&image, text).unwrap();
+            assert_eq!(png_parameters(&png).as_deref(), Some(text));
+            assert_eq!(decode_untrusted(&png).unwrap(), image);
+        }
     }
 }

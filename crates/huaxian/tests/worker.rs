@@ -144,6 +144,7 @@ path = "{model}"
             sampler: "euler_a".into(),
             model: "tiny".into(),
             raw: "a harbour at night".into(),
+            expand: None,
         };
         let job = NewJob {
             kind: JobKind::Imagine,

@@ -15,8 +15,8 @@
 //! **Parameters.** The prompt text ends at the first word that is a flag: `--name`, or a long
 //! dash `—name` / en dash `–name` as phones type them. Flag names are case-insensitive. Each
 //! flag takes one value, except `--no` and `--negative`, which take the words up to the next
-//! flag. Any other word after the parameters is an error. A flag may be given once, except
-//! `--no`, whose items accumulate.
+//! flag, and `--expand`, which may stand alone. Any other word after the parameters is an
+//! error. A flag may be given once, except `--no`, whose items accumulate.
 //!
 //! | flag | value | effect |
 //! |---|---|---|
@@ -31,6 +31,7 @@
 //! | `--stop` | 10–100 (default 100) | percent of steps run before decoding, see [`stop_steps`] |
 //! | `--sampler` | a name in [`Limits::samplers`] | sampler (case-insensitive, `-` = `_`) |
 //! | `--model` | a name in [`Limits::models`] | model (case-insensitive) |
+//! | `--expand` | alone, `on` or `off` | a text model continues the prompt before rendering; only when [`Limits::expansion`] |
 //! | `--repeat`, `--r` | 1–[`Limits::max_repeat`] | that many jobs of the prompt |
 //!
 //! **Multi-prompts.** `::` splits the prompt text into parts; a number right after `::` is
@@ -168,6 +169,7 @@ fn parse_prompt(chars: &[Located], limits: &Limits) -> Result<(JobSpec, u32), Pr
             .unwrap_or_else(|| limits.default_sampler.clone()),
         model: params.model.unwrap_or_else(|| limits.default_model.clone()),
         raw: collapse(&text(chars)),
+        expand: params.expand,
     };
 
     let max = limits.max_prompt_chars;

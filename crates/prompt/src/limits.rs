@@ -31,6 +31,8 @@ pub struct Limits {
     pub max_prompt_chars: usize,
     /// Widest aspect ratio either way: 4.0 allows 4:1 through 1:4.
     pub max_aspect: f64,
+    /// Whether an expander model is configured, so `--expand` can be honoured.
+    pub expansion: bool,
 }
 
 impl Default for Limits {
@@ -59,6 +61,7 @@ impl Default for Limits {
             max_jobs: 10,
             max_prompt_chars: 1000,
             max_aspect: 4.0,
+            expansion: false,
         }
     }
 }

@@ -19,11 +19,12 @@ enum Flag {
     Steps,
     Sampler,
     Model,
+    Expand,
     Repeat,
 }
 
 /// Each parameter with its names, the first being the one shown to users.
-const FLAGS: [(Flag, &[&str]); 12] = [
+const FLAGS: [(Flag, &[&str]); 13] = [
     (Flag::Aspect, &["ar", "aspect"]),
     (Flag::Seed, &["seed"]),
     (Flag::No, &["no"]),
@@ -35,6 +36,7 @@ const FLAGS: [(Flag, &[&str]); 12] = [
     (Flag::Steps, &["steps"]),
     (Flag::Sampler, &["sampler"]),
     (Flag::Model, &["model"]),
+    (Flag::Expand, &["expand"]),
     (Flag::Repeat, &["repeat", "r"]),
 ];
 
@@ -83,6 +85,10 @@ fn expected(flag: Flag, limits: &Limits) -> String {
         ),
         Flag::Sampler => format!("sampler must be one of {}", limits.samplers.join(", ")),
         Flag::Model => format!("model must be one of {}", limits.models.join(", ")),
+        Flag::Expand if !limits.expansion => "prompt expansion is not set up on this server; \
+             remove --expand (an admin can configure an expander model)"
+            .into(),
+        Flag::Expand => "write --expand alone, or --expand on / --expand off".into(),
         Flag::Repeat => format!(
             "repeat must be a whole number from 1 to {}",
             limits.max_repeat
@@ -115,6 +121,8 @@ pub(crate) struct Params {
     pub sampler: Option<String>,
     /// `--model`, as spelled in the limits.
     pub model: Option<String>,
+    /// `--expand`: on, off, or `None` for the user's default.
+    pub expand: Option<bool>,
     /// `--repeat`.
     pub repeat: Option<u32>,
 }
@@ -164,6 +172,8 @@ pub(crate) fn parse(words: &[Word], limits: &Limits) -> Result<Params, PromptErr
         }
 
         let value = match (flag, values) {
+            // A switch: `--expand` alone means on.
+            (Flag::Expand, []) => "on".to_string(),
             (_, []) => {
                 return Err(PromptError::MissingValue {
                     token,
@@ -227,6 +237,17 @@ impl Params {
             Flag::Steps => self.steps = Some(narrow(whole(value, 1, limits.max_steps.into())?)?),
             Flag::Sampler => self.sampler = Some(choose(value, &limits.samplers)?),
             Flag::Model => self.model = Some(choose(value, &limits.models)?),
+            Flag::Expand => {
+                let on = match value.to_lowercase().as_str() {
+                    "on" | "yes" | "true" => true,
+                    "off" | "no" | "false" => false,
+                    _ => return None,
+                };
+                if on && !limits.expansion {
+                    return None;
+                }
+                self.expand = Some(on);
+            }
             Flag::Repeat => self.repeat = Some(narrow(whole(value, 1, limits.max_repeat.into())?)?),
         }
         Some(())

@@ -49,6 +49,10 @@ pub struct JobSpec {
     /// This job's prompt after brace expansion, whitespace collapsed, parameters included:
     /// what to show the user.
     pub raw: String,
+    /// Whether a text model continues the prompt before rendering (`--expand`); `None`
+    /// when not given, for the caller to fill from the user's default.
+    #[serde(default)]
+    pub expand: Option<bool>,
 }
 
 impl JobSpec {

@@ -100,7 +100,7 @@ fn unknown_flag() {
         &[
             "`--v` (character 7): unknown parameter",
             "--ar (--aspect), --seed, --no, --negative, --chaos (--c), --stylize (--s)",
-            "--quality (--q), --stop, --steps, --sampler, --model, --repeat (--r)",
+            "--quality (--q), --stop, --steps, --sampler, --model, --expand, --repeat (--r)",
         ],
     );
     assert_eq!(
@@ -280,4 +280,28 @@ fn errors_inside_braces_point_into_the_input() {
     assert!(error
         .to_string()
         .starts_with("`--chaos 500` (character 17)"));
+}
+
+#[test]
+fn expand_without_an_expander_or_with_a_bad_value() {
+    message(
+        "a cat --expand",
+        &[
+            "`--expand` (character 7)",
+            "prompt expansion is not set up on this server",
+        ],
+    );
+    // Turning it off needs no expander.
+    assert_eq!(
+        parse("a cat --expand off", &Limits::default()).unwrap()[0].expand,
+        Some(false)
+    );
+    let limits = Limits {
+        expansion: true,
+        ..Limits::default()
+    };
+    let error = parse("a cat --expand maybe", &limits)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("--expand on / --expand off"), "{error}");
 }

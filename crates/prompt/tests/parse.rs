@@ -256,3 +256,23 @@ fn limits_deserialize_with_defaults() {
     assert_eq!(limits.native_height, 512);
     assert_eq!(limits.samplers.len(), 9);
 }
+
+#[test]
+fn expand_is_a_switch_when_the_server_has_an_expander() {
+    let limits = Limits {
+        expansion: true,
+        ..Limits::default()
+    };
+    let parsed = |input: &str| parse(input, &limits).unwrap().remove(0);
+    assert_eq!(parsed("a cat --expand").expand, Some(true));
+    assert_eq!(parsed("a cat --expand --ar 16:9").expand, Some(true));
+    assert_eq!(parsed("a cat --ar 16:9 —expand").expand, Some(true));
+    assert_eq!(parsed("a cat --expand off").expand, Some(false));
+    assert_eq!(parsed("a cat --expand ON --seed 3").expand, Some(true));
+    assert_eq!(
+        parsed("a cat").expand,
+        None,
+        "absent: the user's default applies"
+    );
+    assert_eq!(parsed("a cat --expand").positive_text(), "a cat");
+}

@@ -83,6 +83,8 @@ pub struct Done<'a> {
     pub images: Vec<NewImage>,
     /// Blob key of the grid, for jobs that make one.
     pub grid_key: Option<String>,
+    /// The prompt as rendered, when a text model expanded it.
+    pub final_prompt: Option<String>,
 }
 
 /// What one reconcile pass did.
@@ -296,6 +298,7 @@ impl Dispatcher {
                 measured_ms: done.measured_ms,
                 images: done.images.clone(),
                 grid_key: done.grid_key.clone(),
+                final_prompt: done.final_prompt.clone(),
             })
             .collect();
         let outcomes = self.store.complete_batch(worker, &reports).await?;

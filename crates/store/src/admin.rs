@@ -13,6 +13,8 @@ pub struct UserSettings {
     pub stylize: Option<i16>,
     pub lane: Option<Lane>,
     pub sampler: Option<String>,
+    /// Whether `--expand` is on when a prompt does not say.
+    pub expand: Option<bool>,
 }
 
 /// A GPU worker as admins see it.
@@ -39,20 +41,24 @@ impl Store {
             .bind(user_id)
             .execute(&self.pool)
             .await?;
-        let (default_model, stylize, lane, sampler): (
+        let (default_model, stylize, lane, sampler, expand): (
             Option<String>,
             Option<i16>,
             String,
             Option<String>,
-        ) = sqlx::query_as("SELECT default_model, stylize, lane, sampler FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await?;
+            Option<bool>,
+        ) = sqlx::query_as(
+            "SELECT default_model, stylize, lane, sampler, expand FROM users WHERE id = $1",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(UserSettings {
             default_model,
             stylize,
             lane: Some(Lane::parse(&lane)),
             sampler,
+            expand,
         })
     }
 
@@ -63,16 +69,17 @@ impl Store {
         settings: &UserSettings,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO users (id, default_model, stylize, lane, sampler) \
-             VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO users (id, default_model, stylize, lane, sampler, expand) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO UPDATE SET default_model = $2, stylize = $3, lane = $4, \
-                                            sampler = $5",
+                                            sampler = $5, expand = $6",
         )
         .bind(user_id)
         .bind(&settings.default_model)
         .bind(settings.stylize)
         .bind(settings.lane.unwrap_or(Lane::Fast).as_str())
         .bind(&settings.sampler)
+        .bind(settings.expand)
         .execute(&self.pool)
         .await?;
         Ok(())

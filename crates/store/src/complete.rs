@@ -17,6 +17,8 @@ pub struct Finished {
     pub images: Vec<NewImage>,
     /// Blob key of the 2×2 grid, for jobs that make one.
     pub grid_key: Option<String>,
+    /// The prompt as rendered, when a text model expanded it.
+    pub final_prompt: Option<String>,
 }
 
 impl Store {
@@ -36,6 +38,7 @@ impl Store {
             measured_ms,
             images: images.to_vec(),
             grid_key: None,
+            final_prompt: None,
         };
         let mut outcomes = self.complete_batch(worker, &[finished]).await?;
         outcomes.pop().ok_or(StoreError::Stale(job_id))?
@@ -54,11 +57,13 @@ impl Store {
         let mut ids: Vec<Uuid> = finished.iter().map(|f| f.job_id).collect();
         let attempts: Vec<i32> = finished.iter().map(|f| f.attempt).collect();
         let grids: Vec<Option<String>> = finished.iter().map(|f| f.grid_key.clone()).collect();
+        let prompts: Vec<Option<String>> =
+            finished.iter().map(|f| f.final_prompt.clone()).collect();
         let rows: Vec<(Uuid, i64, String, i64)> = sqlx::query_as(
             "UPDATE jobs SET state = 'succeeded', succeeded_at = now(), lease_expires_at = NULL, \
-                    grid_key = held.grid_key \
-             FROM (SELECT * FROM UNNEST($1::uuid[], $2::int4[], $4::text[]) \
-                   AS r (id, attempt, grid_key) ORDER BY id) AS held \
+                    grid_key = held.grid_key, final_prompt = held.final_prompt \
+             FROM (SELECT * FROM UNNEST($1::uuid[], $2::int4[], $4::text[], $5::text[]) \
+                   AS r (id, attempt, grid_key, final_prompt) ORDER BY id) AS held \
              WHERE jobs.id = held.id AND jobs.state = 'running' AND jobs.attempt = held.attempt \
                AND jobs.worker_id = $3 \
              RETURNING jobs.id, jobs.user_id, jobs.lane, jobs.reserved_ms",
@@ -67,6 +72,7 @@ impl Store {
         .bind(&attempts)
         .bind(worker)
         .bind(&grids)
+        .bind(&prompts)
         .fetch_all(&mut *tx)
         .await?;
         let held: HashMap<Uuid, (i64, Lane, i64)> = rows

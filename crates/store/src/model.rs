@@ -247,6 +247,8 @@ pub struct Job {
     pub inputs: Vec<String>,
     /// Blob key of the finished grid, for grid jobs that succeeded.
     pub grid_key: Option<String>,
+    /// The prompt as rendered, when a text model expanded it.
+    pub final_prompt: Option<String>,
     pub guild_id: Option<i64>,
     pub channel_id: i64,
     pub interaction_id: i64,

@@ -14,6 +14,7 @@ struct JobRecord {
     action: Option<String>,
     inputs: Vec<String>,
     grid_key: Option<String>,
+    final_prompt: Option<String>,
     state: String,
     attempt: i32,
     lane: String,
@@ -31,7 +32,8 @@ struct JobRecord {
     running_at: Option<DateTime<Utc>>,
 }
 
-const JOB_COLUMNS: &str = "id, kind, parent_id, image_index, action, inputs, grid_key, state, \
+const JOB_COLUMNS: &str = "id, kind, parent_id, image_index, action, inputs, grid_key, \
+     final_prompt, state, \
      attempt, lane, model, user_id, guild_id, channel_id, interaction_id, worker_id, error, \
      reserved_ms, cost_ms, spec, queued_at, running_at";
 
@@ -46,6 +48,7 @@ impl JobRecord {
             action: self.action,
             inputs: self.inputs,
             grid_key: self.grid_key,
+            final_prompt: self.final_prompt,
             state: JobState::parse(&self.state).ok_or(StoreError::NoSuchJob(self.id))?,
             attempt: self.attempt,
             lane: Lane::parse(&self.lane),

@@ -131,6 +131,7 @@ async fn settings_and_workers_round_trip(pool: PgPool) {
         stylize: Some(250),
         lane: Some(Lane::Relax),
         sampler: Some("ddim".into()),
+        expand: Some(true),
     };
     store.set_settings(1, &settings).await.unwrap();
     assert_eq!(store.settings(1).await.unwrap(), settings);

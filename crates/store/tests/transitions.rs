@@ -229,6 +229,7 @@ async fn batches_start_and_complete_each_job_on_its_own(pool: PgPool) {
             measured_ms: 300,
             images: Vec::new(),
             grid_key: None,
+            final_prompt: None,
         })
         .collect();
     let outcomes = store.complete_batch("w1", &finished).await.unwrap();

@@ -9,6 +9,7 @@
 //! loop around them, with leases, cancellation and a graceful stop.
 
 pub mod control;
+pub mod expand;
 pub mod metrics;
 pub mod plan;
 pub mod render;
@@ -17,4 +18,4 @@ pub mod run;
 pub mod settings;
 
 pub use run::{attempt_folder, Models, Worker};
-pub use settings::{ModelSettings, Settings, Strengths, WorkerSettings};
+pub use settings::{ExpanderSettings, ModelSettings, Settings, Strengths, WorkerSettings};

@@ -38,6 +38,8 @@ pub struct RenderJob {
     pub requests: Vec<Request>,
     /// Whether the images form a 2×2 grid.
     pub grid: bool,
+    /// Whether a text model expands the prompt first (`--expand`).
+    pub expand: bool,
     pub control: Arc<Control>,
 }
 
@@ -55,6 +57,8 @@ pub struct Rendered {
     pub grid_png: Option<Vec<u8>>,
     /// Share of the batch's render time that was this job's, in milliseconds.
     pub gpu_ms: i64,
+    /// The prompt as rendered, when it was expanded.
+    pub final_prompt: Option<String>,
 }
 
 /// How one job of a batch came out.
@@ -377,6 +381,7 @@ fn encode(
         images: encoded,
         grid_png,
         gpu_ms: 0,
+        final_prompt: None,
     })
 }
 
@@ -396,6 +401,7 @@ mod tests {
                 })
                 .collect(),
             grid: images == 4,
+            expand: false,
             control: Arc::new(Control::default()),
         }
     }

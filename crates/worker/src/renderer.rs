@@ -62,6 +62,7 @@ impl Renderer {
                     }
                 };
                 let mut described: Vec<Loaded> = models
+                    .diffusion
                     .iter()
                     .map(|(name, model)| Loaded {
                         name: name.clone(),
@@ -116,7 +117,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_on_one_thread_and_survives_a_panic() {
-        let (renderer, loaded) = Renderer::start(|| Ok(Models::new())).await.unwrap();
+        let (renderer, loaded) = Renderer::start(|| Ok(Models::default())).await.unwrap();
         assert!(loaded.is_empty());
         let first = renderer.run(|_| std::thread::current().id()).await.unwrap();
         let crash = renderer
@@ -125,7 +126,7 @@ mod tests {
             .unwrap_err();
         assert!(crash.to_string().contains("boom"), "{crash}");
         let second = renderer
-            .run(|models| (std::thread::current().id(), models.len()))
+            .run(|models| (std::thread::current().id(), models.diffusion.len()))
             .await;
         assert_eq!(second.unwrap(), (first, 0));
     }

@@ -25,6 +25,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
 use crate::control::{Control, Stop};
+use crate::expand::PromptExpander;
 use crate::metrics::Metrics;
 use crate::plan::{plan, Work};
 use crate::render::{render_batch, RenderJob, RenderOutcome, Rendered, RenderedImage};
@@ -37,8 +38,23 @@ const CANCEL_POLL: Duration = Duration::from_millis(250);
 /// Progress events waiting to be published; more are dropped, as progress may be.
 const PROGRESS_BACKLOG: usize = 64;
 
-/// The models a worker keeps resident, by the name jobs use.
-pub type Models = HashMap<String, StableDiffusion>;
+/// What a worker keeps resident on its render thread: the diffusion models by the name
+/// jobs use, and the expander behind `--expand`, if configured.
+#[derive(Default)]
+pub struct Models {
+    pub diffusion: HashMap<String, StableDiffusion>,
+    pub expander: Option<PromptExpander>,
+}
+
+impl Models {
+    /// One diffusion model under `name`, no expander.
+    pub fn one(name: &str, model: StableDiffusion) -> Self {
+        Self {
+            diffusion: [(name.to_string(), model)].into(),
+            expander: None,
+        }
+    }
+}
 
 /// A running worker's handles.
 pub struct Worker {
@@ -84,8 +100,9 @@ impl Worker {
         let blobs = BlobStore::open(&settings.blob.url)?;
 
         let configured = worker.models.clone();
+        let expander = worker.expander.clone();
         let load = move || {
-            let mut models = Models::new();
+            let mut models = Models::default();
             for model in &configured {
                 let options = LoadOptions {
                     config_dir: model.config_dir.clone(),
@@ -93,7 +110,14 @@ impl Worker {
                 };
                 let loaded = StableDiffusion::load(&model.path, &options)
                     .with_context(|| format!("loading model `{}`", model.name))?;
-                models.insert(model.name.clone(), loaded);
+                models.diffusion.insert(model.name.clone(), loaded);
+            }
+            if let Some(settings) = &expander {
+                models.expander = Some(
+                    PromptExpander::load(settings, options.device).with_context(|| {
+                        format!("loading the expander at {}", settings.path.display())
+                    })?,
+                );
             }
             Ok(models)
         };
@@ -320,6 +344,7 @@ impl Worker {
                         job_id: job.id,
                         requests,
                         grid,
+                        expand: job.spec.expand == Some(true),
                         control: controls[index].clone(),
                     },
                 )),
@@ -346,6 +371,7 @@ impl Worker {
                 }],
                 grid_png: None,
                 gpu_ms: 0,
+                final_prompt: None,
             };
             held.push((index, Ok(copied)));
         }
@@ -431,13 +457,49 @@ impl Worker {
         let renderer = self.renderer.clone();
         let mut handle = Box::pin(renderer.run(move |models| {
             let model = models
+                .diffusion
                 .get(&name)
                 .ok_or_else(|| format!("model `{name}` is not loaded on this worker"))?;
             let mut send = |progress: Progress| {
                 // A full backlog means Redis is slow: drop this event, a newer one follows.
                 let _ = progress_tx.try_send(progress);
             };
-            Ok::<_, String>(render_batch(model, &renders, &mut send))
+            let mut renders = renders;
+            let prompts: Vec<Result<Option<String>, String>> = renders
+                .iter_mut()
+                .map(|job| expand(models, model, job))
+                .collect();
+            let (ready, refused): (Vec<_>, Vec<_>) = renders
+                .into_iter()
+                .zip(prompts)
+                .enumerate()
+                .partition(|(_, (_, prompt))| prompt.is_ok());
+            let (indexes, ready): (Vec<usize>, Vec<(RenderJob, _)>) = ready.into_iter().unzip();
+            let (ready, prompts): (Vec<RenderJob>, Vec<_>) = ready.into_iter().unzip();
+            let (outcomes, stats) = render_batch(model, &ready, &mut send);
+            let mut merged: Vec<(usize, RenderOutcome)> = indexes
+                .into_iter()
+                .zip(outcomes.into_iter().zip(prompts))
+                .map(|(index, (mut outcome, prompt))| {
+                    if let RenderOutcome::Done(rendered) = &mut outcome {
+                        rendered.final_prompt = prompt.ok().flatten();
+                    }
+                    (index, outcome)
+                })
+                .collect();
+            for (index, (_, prompt)) in refused {
+                let message = prompt.err().unwrap_or_default();
+                merged.push((
+                    index,
+                    RenderOutcome::Failed {
+                        message,
+                        retryable: false,
+                    },
+                ));
+            }
+            merged.sort_by_key(|(index, _)| *index);
+            let outcomes: Vec<RenderOutcome> = merged.into_iter().map(|(_, o)| o).collect();
+            Ok::<_, String>((outcomes, stats))
         }));
 
         let grace = self.settings.grace();
@@ -613,6 +675,7 @@ impl Worker {
                 measured_ms: rendered.gpu_ms,
                 images: images.clone(),
                 grid_key: grid_key.clone(),
+                final_prompt: rendered.final_prompt.clone(),
             })
             .collect();
         let mut outcomes = None;
@@ -636,7 +699,7 @@ impl Worker {
             return;
         };
 
-        for ((index, _, images, grid_key), outcome) in finished.iter().zip(outcomes) {
+        for ((index, rendered, images, grid_key), outcome) in finished.iter().zip(outcomes) {
             let job = &jobs[*index];
             let claim = &claimed[*index];
             let cost_ms = match outcome {
@@ -680,7 +743,10 @@ impl Worker {
                         seed: image.seed,
                     })
                     .collect(),
-                prompt: job.spec.positive_text(),
+                prompt: rendered
+                    .final_prompt
+                    .clone()
+                    .unwrap_or_else(|| job.spec.positive_text()),
                 cost_ms,
             };
             if let Err(error) = self.dispatcher.publish_result(&result).await {
@@ -700,6 +766,27 @@ impl Worker {
             Err(_) => false,
         }
     }
+}
+
+/// Expands a job's prompt when it asked for `--expand`; the prompt as rendered, or why the
+/// job cannot run.
+fn expand(
+    models: &Models,
+    model: &StableDiffusion,
+    job: &mut RenderJob,
+) -> Result<Option<String>, String> {
+    if !job.expand {
+        return Ok(None);
+    }
+    let Some(expander) = &models.expander else {
+        return Err(
+            "the prompt asks for --expand, but this worker has no expander model \
+                    configured ([worker.expander])"
+                .into(),
+        );
+    };
+    let seed = job.requests.first().map_or(0, |r| r.seed);
+    expander.apply(model, &mut job.requests, seed).map(Some)
 }
 
 /// Where an attempt's images live: `jobs/<job>/<attempt>/`.

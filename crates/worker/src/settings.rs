@@ -80,6 +80,44 @@ pub struct WorkerSettings {
     pub metrics_addr: Option<SocketAddr>,
     /// Image-to-image strengths of the buttons.
     pub strengths: Strengths,
+    /// The text model behind `--expand`; without one, jobs that ask for it fail.
+    pub expander: Option<ExpanderSettings>,
+}
+
+/// `[worker.expander]`: a GPT-2 that continues prompts before rendering.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ExpanderSettings {
+    /// A transformers GPT-2 folder: config.json, model.safetensors, tokenizer.
+    pub path: PathBuf,
+    /// Most tokens it adds.
+    #[serde(default = "default_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Sampling: the `top_k` likeliest tokens, then the smallest set reaching `top_p`.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// A word list (one word or phrase per line) the expansion is held to.
+    #[serde(default)]
+    pub allow_words: Option<PathBuf>,
+}
+
+fn default_new_tokens() -> usize {
+    40
+}
+
+fn default_top_k() -> usize {
+    50
+}
+
+fn default_top_p() -> f64 {
+    0.95
+}
+
+fn default_temperature() -> f64 {
+    1.0
 }
 
 impl Default for WorkerSettings {
@@ -98,6 +136,7 @@ impl Default for WorkerSettings {
             idle_poll_ms: 250,
             metrics_addr: None,
             strengths: Strengths::default(),
+            expander: None,
         }
     }
 }

@@ -283,3 +283,70 @@ async fn worker_batch_sizes(pool: &PgPool, jobs: &[uuid::Uuid]) -> i64 {
         .await
         .unwrap()
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn expand_continues_the_prompt_and_records_it(pool: PgPool) {
+    let harness = Harness::new(pool.clone()).await;
+    let expander = huaxian_worker::ExpanderSettings {
+        path: common::fixtures().join("models/gpt2"),
+        max_new_tokens: 12,
+        top_k: 50,
+        top_p: 0.95,
+        temperature: 1.0,
+        allow_words: None,
+    };
+    let load = move || {
+        let mut models = common::models();
+        models.expander = Some(huaxian_worker::expand::PromptExpander::load(
+            &expander,
+            tch::Device::Cpu,
+        )?);
+        Ok(models)
+    };
+    let (stop, worker, _) = harness
+        .spawn_worker_with(harness.settings("w-expand", 4), load)
+        .await;
+
+    let mut asked = spec("a lighthouse at dusk", Some(5));
+    asked.expand = Some(true);
+    let job = harness.submit(harness.imagine(1, asked.clone())).await;
+    let result = harness.result(job).await;
+    assert_eq!(result.outcome, Outcome::Succeeded, "{:?}", result.error);
+    assert!(
+        result.prompt.starts_with("a lighthouse at dusk"),
+        "{}",
+        result.prompt
+    );
+    assert!(
+        result.prompt.len() > "a lighthouse at dusk".len(),
+        "nothing was added"
+    );
+    let row = harness.store().job(job).await.unwrap();
+    assert_eq!(row.final_prompt.as_deref(), Some(result.prompt.as_str()));
+    let bytes = png(&harness.blobs, &result.images[0].blob_key).await;
+    let parameters = png_parameters(&bytes).unwrap();
+    assert!(
+        parameters.starts_with(&format!("{}\n", result.prompt)),
+        "{parameters}"
+    );
+
+    // The same seed expands the same way; without --expand nothing is added.
+    let again = harness.submit(harness.imagine(2, asked)).await;
+    assert_eq!(harness.result(again).await.prompt, result.prompt);
+    let plain = harness
+        .submit(harness.imagine(3, spec("a lighthouse at dusk", Some(5))))
+        .await;
+    let plain = harness.result(plain).await;
+    assert_eq!(plain.prompt, "a lighthouse at dusk");
+    assert!(harness
+        .store()
+        .job(plain.job_id)
+        .await
+        .unwrap()
+        .final_prompt
+        .is_none());
+
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+    harness.flush().await;
+}

@@ -150,6 +150,14 @@ async fn bad_input_fails_the_job_and_the_worker_keeps_serving(pool: PgPool) {
     let result = harness.result(missing).await;
     assert!(result.error.unwrap().contains("no longer stored"));
 
+    // --expand on a worker without an expander fails with a reason, not a silent no-op.
+    let mut wants_expansion = spec("a cat", Some(4));
+    wants_expansion.expand = Some(true);
+    let unexpanded = harness.submit(harness.imagine(6, wants_expansion)).await;
+    let result = harness.result(unexpanded).await;
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert!(result.error.unwrap().contains("[worker.expander]"));
+
     let fine = harness
         .submit(harness.imagine(6, spec("fine", Some(4))))
         .await;
@@ -157,7 +165,15 @@ async fn bad_input_fails_the_job_and_the_worker_keeps_serving(pool: PgPool) {
     let row = harness.store().job(stranger).await.unwrap();
     assert_eq!(row.state, JobState::Queued);
     assert_eq!(row.attempt, 0, "never claimed");
-    assert_eq!(metrics.jobs.with_label_values(&["failed"]).get(), 2);
+    let counts: Vec<(String, u64)> = ["failed", "retried", "succeeded", "lease_lost"]
+        .iter()
+        .map(|o| (o.to_string(), metrics.jobs.with_label_values(&[o]).get()))
+        .collect();
+    assert_eq!(
+        metrics.jobs.with_label_values(&["failed"]).get(),
+        3,
+        "{counts:?}"
+    );
 
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();

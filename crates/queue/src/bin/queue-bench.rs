@@ -60,6 +60,7 @@ fn spec() -> JobSpec {
         sampler: "euler_a".into(),
         model: "sd15".into(),
         raw: "bench".into(),
+        expand: None,
     }
 }
 
@@ -205,6 +206,7 @@ async fn run(args: &Args, database_url: &str, prefix: &str) -> anyhow::Result<()
                         measured_ms: 900,
                         images: Vec::new(),
                         grid_key: None,
+                        final_prompt: None,
                     })
                     .collect();
                 dispatcher.complete_batch(&spec.id, &finished).await?;

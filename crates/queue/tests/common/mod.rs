@@ -34,6 +34,7 @@ pub fn spec(model: &str, size: u32, steps: u32) -> JobSpec {
         sampler: "euler_a".into(),
         model: model.into(),
         raw: "a lighthouse".into(),
+        expand: None,
     }
 }
 

@@ -26,6 +26,7 @@ pub fn spec(model: &str) -> JobSpec {
         sampler: "euler_a".into(),
         model: model.into(),
         raw: "a red car".into(),
+        expand: None,
     }
 }
 

@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         move || -> anyhow::Result<Models> {
             let model = StableDiffusion::load(&path, &options)
                 .with_context(|| format!("loading {}", path.display()))?;
-            Ok([("bench".to_string(), model)].into())
+            Ok(Models::one("bench", model))
         }
     };
     let resident = if args.direct {
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
                     let jobs = render_jobs(&args)?;
                     let per_call = max_batch as usize;
                     renderer
-                        .run(move |models| direct_run(jobs, per_call, &models["bench"]))
+                        .run(move |models| direct_run(jobs, per_call, &models.diffusion["bench"]))
                         .await??
                 }
                 None => timed_run(&args, max_batch, load()).await?,
@@ -179,6 +179,7 @@ fn render_jobs(args: &Args) -> anyhow::Result<Vec<RenderJob>> {
             job_id: uuid::Uuid::new_v4(),
             requests,
             grid: true,
+            expand: false,
             control: Default::default(),
         });
     }
@@ -325,5 +326,6 @@ fn spec(args: &Args, n: usize) -> JobSpec {
         sampler: "ddim".into(),
         model: "bench".into(),
         raw: prompt,
+        expand: None,
     }
 }

@@ -32,7 +32,7 @@ pub fn load_model() -> StableDiffusion {
 }
 
 pub fn models() -> Models {
-    [(MODEL.to_string(), load_model())].into()
+    Models::one(MODEL, load_model())
 }
 
 pub fn caps() -> Caps {
@@ -120,11 +120,24 @@ impl Harness {
         tokio::task::JoinHandle<anyhow::Result<()>>,
         std::sync::Arc<huaxian_worker::metrics::Metrics>,
     ) {
+        self.spawn_worker_with(settings, || Ok(models())).await
+    }
+
+    /// Starts a worker with the models `load` makes.
+    pub async fn spawn_worker_with(
+        &self,
+        settings: WorkerSettings,
+        load: impl FnOnce() -> anyhow::Result<Models> + Send + 'static,
+    ) -> (
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+        std::sync::Arc<huaxian_worker::metrics::Metrics>,
+    ) {
         let worker = Worker::new(
             settings,
             self.dispatcher.clone(),
             self.blobs.clone(),
-            || Ok(models()),
+            load,
             25 << 20,
         )
         .await
@@ -249,6 +262,7 @@ pub fn spec(prompt: &str, seed: Option<u32>) -> JobSpec {
         sampler: "ddim".into(),
         model: MODEL.into(),
         raw: prompt.into(),
+        expand: None,
     }
 }
 
