@@ -1,5 +1,6 @@
 //! `huaxian`: one binary, one subcommand per service.
 
+mod expand;
 mod generate;
 mod hub;
 mod worker;
@@ -25,6 +26,8 @@ enum Command {
     Generate(Box<generate::Args>),
     /// Serve queued jobs on this machine's device with the configured models.
     Worker(worker::Args),
+    /// Continue a prompt with a GPT-2 expander model, as `--expand` does.
+    Expand(expand::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,7 +36,7 @@ fn main() -> ExitCode {
     // Services log what operators follow (jobs started and finished); the one-shot command
     // keeps the terminal for its progress bar.
     let default_filter = match cli.command {
-        Command::Generate(_) => "warn",
+        Command::Generate(_) | Command::Expand(_) => "warn",
         Command::Worker(_) => "info",
     };
     tracing_subscriber::fmt()
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
         Command::Worker(args) => worker::run(args),
+        Command::Expand(args) => expand::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

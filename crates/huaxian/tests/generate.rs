@@ -340,3 +340,36 @@ fn unreachable_hub_says_what_to_do() {
         "{stderr}"
     );
 }
+
+#[test]
+fn expand_prints_the_continued_prompt_and_is_seeded() {
+    let model = fixtures().join("models/gpt2").display().to_string();
+    let run = |seed: &str| {
+        let output = huaxian(&[
+            "expand",
+            "--model",
+            &model,
+            "--prompt",
+            "a lighthouse",
+            "--seed",
+            seed,
+            "--max-new-tokens",
+            "8",
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let first = run("3");
+    assert!(first.starts_with("a lighthouse"), "{first}");
+    assert!(first.trim_end().len() > "a lighthouse".len());
+    assert_eq!(run("3"), first);
+
+    let missing = huaxian(&["expand", "--model", "/nonexistent/gpt2", "--prompt", "x"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("/nonexistent/gpt2/config.json"), "{stderr}");
+}
