@@ -22,7 +22,16 @@ pub struct Renderer {
     tasks: mpsc::Sender<Task>,
 }
 
-/// A model on the render thread, as the rest of the worker knows it.
+/// What the render thread loaded, as the rest of the worker knows it.
+#[derive(Clone, Debug, Default)]
+pub struct Resident {
+    /// The diffusion models, by name.
+    pub models: Vec<Loaded>,
+    /// Whether an expander is loaded for `--expand`.
+    pub expander: bool,
+}
+
+/// A model on the render thread.
 #[derive(Clone, Debug)]
 pub struct Loaded {
     pub name: String,
@@ -41,7 +50,7 @@ impl Renderer {
     /// loaded, with what each is. The models are loaded on the thread that renders with
     /// them: loaded on another thread and moved, the same renders ran 2–3 times slower on
     /// the CPU here.
-    pub async fn start<F>(load: F) -> anyhow::Result<(Self, Vec<Loaded>)>
+    pub async fn start<F>(load: F) -> anyhow::Result<(Self, Resident)>
     where
         F: FnOnce() -> anyhow::Result<Models> + Send + 'static,
     {
@@ -71,7 +80,10 @@ impl Renderer {
                     })
                     .collect();
                 described.sort_by(|a, b| a.name.cmp(&b.name));
-                let _ = ready.send(Ok(described));
+                let _ = ready.send(Ok(Resident {
+                    models: described,
+                    expander: models.expander.is_some(),
+                }));
                 for task in queue {
                     task(&models);
                 }
@@ -118,7 +130,7 @@ mod tests {
     #[tokio::test]
     async fn runs_on_one_thread_and_survives_a_panic() {
         let (renderer, loaded) = Renderer::start(|| Ok(Models::default())).await.unwrap();
-        assert!(loaded.is_empty());
+        assert!(loaded.models.is_empty() && !loaded.expander);
         let first = renderer.run(|_| std::thread::current().id()).await.unwrap();
         let crash = renderer
             .run(|_| -> () { panic!("boom") })

@@ -66,6 +66,8 @@ pub struct Worker {
     names: Vec<String>,
     /// The device the models run on, in words.
     device: String,
+    /// Whether the render thread has an expander for `--expand`.
+    has_expander: bool,
     metrics: Arc<Metrics>,
     max_input_bytes: u64,
     /// Unix milliseconds of the last heartbeat that reached Postgres.
@@ -145,7 +147,8 @@ impl Worker {
     {
         let id = settings.worker_id();
         let metrics = Arc::new(Metrics::new(&id)?);
-        let (renderer, loaded) = Renderer::start(load).await?;
+        let (renderer, resident) = Renderer::start(load).await?;
+        let loaded = resident.models;
         for model in &loaded {
             metrics
                 .model_load_seconds
@@ -163,6 +166,7 @@ impl Worker {
                 .first()
                 .map(|model| model.device.clone())
                 .unwrap_or_default(),
+            has_expander: resident.expander,
             metrics,
             max_input_bytes,
             alive_at: Arc::new(AtomicI64::new(0)),
@@ -344,7 +348,7 @@ impl Worker {
                         job_id: job.id,
                         requests,
                         grid,
-                        expand: job.spec.expand == Some(true),
+                        expand: self.wants_expansion(job).await,
                         control: controls[index].clone(),
                     },
                 )),
@@ -564,6 +568,19 @@ impl Worker {
             })
             .collect();
         (results, Some(stats))
+    }
+
+    /// Whether the job's prompt is expanded: as the prompt says, else as the user's
+    /// `/settings` default says, a preference honoured only where an expander exists.
+    async fn wants_expansion(&self, job: &Job) -> bool {
+        match job.spec.expand {
+            Some(asked) => asked,
+            None if self.has_expander => matches!(
+                self.dispatcher.store().settings(job.user_id).await,
+                Ok(settings) if settings.expand == Some(true)
+            ),
+            None => false,
+        }
     }
 
     /// A job that was stopped while in hand: nothing of it is kept.
