@@ -5,33 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use huaxian_prompt::{JobSpec, PromptPart};
+use huaxian_prompt::JobSpec;
 use huaxian_queue::{Config, Dispatcher, JobResult, Outcome};
 use huaxian_store::{Caps, JobKind, JobState, Lane, NewJob, Store};
-use redis::AsyncCommands;
+use huaxian_testkit::{database_url, redis_url};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// The URL of the test's own database.
-async fn database_url(pool: &PgPool) -> String {
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let root = base
-        .rsplit_once('/')
-        .map_or(base.as_str(), |(root, _)| root);
-    format!("{root}/{name}")
 }
 
 fn caps() -> Caps {
@@ -126,25 +109,11 @@ path = "{model}"
 
     async fn submit(&self, steps: u32, interaction_id: i64) -> Uuid {
         let spec = JobSpec {
-            prompt: vec![PromptPart {
-                text: "a harbour at night".into(),
-                weight: 1.0,
-            }],
-            negative: String::new(),
             width: 64,
             height: 64,
-            aspect: (1, 1),
             seed: Some(11),
             steps,
-            stop_percent: 100,
-            guidance: 7.0,
-            stylize: 100,
-            chaos: 0,
-            quality: 1.0,
-            sampler: "euler_a".into(),
-            model: "tiny".into(),
-            raw: "a harbour at night".into(),
-            expand: None,
+            ..JobSpec::new("a harbour at night", "tiny")
         };
         let job = NewJob {
             kind: JobKind::Imagine,
@@ -223,12 +192,7 @@ path = "{model}"
     }
 
     async fn flush(&self) {
-        let client = redis::Client::open(redis_url()).unwrap();
-        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis.keys(format!("{}:*", self.prefix)).await.unwrap();
-        if !keys.is_empty() {
-            let _: () = redis.del(keys).await.unwrap();
-        }
+        huaxian_testkit::flush(&self.prefix).await;
     }
 }
 

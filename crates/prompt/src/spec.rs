@@ -56,6 +56,35 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// A spec of one prompt part with the language's defaults and no parameters: 512×512,
+    /// 30 steps, `euler_a`, `--stylize 100` (guidance 7), no chaos, seed left open. For
+    /// jobs that do not come from typed text (`/blend`, buttons) and for tests; set the
+    /// fields that differ.
+    pub fn new(prompt: &str, model: &str) -> Self {
+        let text: String = prompt.split_whitespace().collect::<Vec<_>>().join(" ");
+        JobSpec {
+            prompt: vec![PromptPart {
+                text: text.clone(),
+                weight: 1.0,
+            }],
+            negative: String::new(),
+            width: 512,
+            height: 512,
+            aspect: (1, 1),
+            seed: None,
+            steps: 30,
+            stop_percent: 100,
+            guidance: crate::stylize_guidance(crate::DEFAULT_STYLIZE),
+            stylize: crate::DEFAULT_STYLIZE,
+            chaos: 0,
+            quality: 1.0,
+            sampler: "euler_a".into(),
+            model: model.into(),
+            raw: text,
+            expand: None,
+        }
+    }
+
     /// The prompt parts for display, in the language's own syntax (`a::2 b`), which parses
     /// back to the same parts. A single part of weight 1 is its bare text.
     pub fn positive_text(&self) -> String {

@@ -276,3 +276,10 @@ fn expand_is_a_switch_when_the_server_has_an_expander() {
     );
     assert_eq!(parsed("a cat --expand").positive_text(), "a cat");
 }
+
+#[test]
+fn a_plain_spec_has_the_defaults_of_a_parsed_one() {
+    let parsed = one("a  red   lighthouse");
+    let plain = JobSpec::new("a  red   lighthouse", &Limits::default().default_model);
+    assert_eq!(plain, parsed);
+}

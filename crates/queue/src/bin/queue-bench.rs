@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use huaxian_prompt::{JobSpec, PromptPart};
+use huaxian_prompt::JobSpec;
 use huaxian_queue::{Config, Dispatcher, Done, WorkerSpec};
 use huaxian_store::{Caps, JobKind, Lane, NewJob, Store};
 use redis::AsyncCommands;
@@ -42,25 +42,9 @@ struct Args {
 
 fn spec() -> JobSpec {
     JobSpec {
-        prompt: vec![PromptPart {
-            text: "bench".into(),
-            weight: 1.0,
-        }],
-        negative: String::new(),
-        width: 512,
-        height: 512,
-        aspect: (1, 1),
         seed: Some(1),
         steps: 20,
-        stop_percent: 100,
-        guidance: 7.0,
-        stylize: 100,
-        chaos: 0,
-        quality: 1.0,
-        sampler: "euler_a".into(),
-        model: "sd15".into(),
-        raw: "bench".into(),
-        expand: None,
+        ..JobSpec::new("bench", "sd15")
     }
 }
 

@@ -2,31 +2,15 @@
 
 #![allow(dead_code)]
 
-use huaxian_prompt::{JobSpec, PromptPart};
+use huaxian_prompt::JobSpec;
 use huaxian_store::{Caps, JobKind, Lane, NewJob, Store};
 use sqlx::PgPool;
 
 pub fn spec(model: &str) -> JobSpec {
     JobSpec {
-        prompt: vec![PromptPart {
-            text: "a red car".into(),
-            weight: 1.0,
-        }],
-        negative: String::new(),
-        width: 512,
-        height: 512,
-        aspect: (1, 1),
         seed: Some(7),
         steps: 20,
-        stop_percent: 100,
-        guidance: 7.0,
-        stylize: 100,
-        chaos: 0,
-        quality: 1.0,
-        sampler: "euler_a".into(),
-        model: model.into(),
-        raw: "a red car".into(),
-        expand: None,
+        ..JobSpec::new("a red car", model)
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use huaxian_engine::{parse_device_and_dtype, LoadOptions, StableDiffusion};
-use huaxian_prompt::{JobSpec, PromptPart};
+use huaxian_prompt::JobSpec;
 use huaxian_queue::{Config, Dispatcher, Outcome};
 use huaxian_service::BlobStore;
 use huaxian_store::{Caps, JobKind, Lane, NewJob, Store};
@@ -308,24 +308,12 @@ where
 fn spec(args: &Args, n: usize) -> JobSpec {
     let prompt = format!("benchmark scene number {n}, a harbour at dawn");
     JobSpec {
-        prompt: vec![PromptPart {
-            text: prompt.clone(),
-            weight: 1.0,
-        }],
         negative: "blurry".into(),
         width: args.size,
         height: args.size,
-        aspect: (1, 1),
         seed: Some(1000 + n as u32 * 4),
         steps: args.steps,
-        stop_percent: 100,
-        guidance: 7.0,
-        stylize: 100,
-        chaos: 0,
-        quality: 1.0,
         sampler: "ddim".into(),
-        model: "bench".into(),
-        raw: prompt,
-        expand: None,
+        ..JobSpec::new(&prompt, "bench")
     }
 }

@@ -7,12 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use huaxian_engine::{LoadOptions, StableDiffusion};
-use huaxian_prompt::{JobSpec, PromptPart};
+use huaxian_prompt::JobSpec;
 use huaxian_queue::{Config, Dispatcher, JobResult};
 use huaxian_service::BlobStore;
 use huaxian_store::{Action, Caps, JobKind, Lane, NewJob, Store};
 use huaxian_worker::{Models, Worker, WorkerSettings};
-use redis::AsyncCommands;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -23,9 +22,7 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+pub use huaxian_testkit::redis_url;
 
 pub fn load_model() -> StableDiffusion {
     StableDiffusion::load(&fixtures().join("models/sd1"), &LoadOptions::default()).unwrap()
@@ -229,40 +226,20 @@ impl Harness {
 
     /// Deletes every Redis key of the test.
     pub async fn flush(&self) {
-        let client = redis::Client::open(redis_url()).unwrap();
-        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis
-            .keys(format!("{}:*", self.dispatcher.prefix()))
-            .await
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis.del(keys).await.unwrap();
-        }
+        huaxian_testkit::flush(self.dispatcher.prefix()).await;
     }
 }
 
 /// A spec of the tiny model: 64×64, 4 DDIM steps, seed `seed`.
 pub fn spec(prompt: &str, seed: Option<u32>) -> JobSpec {
     JobSpec {
-        prompt: vec![PromptPart {
-            text: prompt.into(),
-            weight: 1.0,
-        }],
         negative: "blurry".into(),
         width: 64,
         height: 64,
-        aspect: (1, 1),
         seed,
         steps: 4,
-        stop_percent: 100,
-        guidance: 7.0,
-        stylize: 100,
-        chaos: 0,
-        quality: 1.0,
         sampler: "ddim".into(),
-        model: MODEL.into(),
-        raw: prompt.into(),
-        expand: None,
+        ..JobSpec::new(prompt, MODEL)
     }
 }
 
