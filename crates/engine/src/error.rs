@@ -64,7 +64,11 @@ impl Error {
     /// True when libtorch ran out of memory on the device; the worker retries with a smaller
     /// batch on this.
     pub fn is_out_of_memory(&self) -> bool {
-        matches!(self, Error::Torch(e) if e.to_string().contains("out of memory"))
+        // CUDA says "out of memory"; libtorch's CPU allocator says "not enough memory".
+        matches!(self, Error::Torch(e) if {
+            let message = e.to_string();
+            message.contains("out of memory") || message.contains("not enough memory")
+        })
     }
 }
 

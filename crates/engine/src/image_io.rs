@@ -80,16 +80,26 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
 }
 
 /// Resizes to exactly `width`×`height`, cropping the centre to keep the aspect ratio.
+///
+/// The crop comes first, so the resize never allocates more than the output: scaling a
+/// 1×8192 strip to cover 512×512 before cropping would need gigabytes.
 pub fn fit(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     if image.dimensions() == (width, height) {
         return image.clone();
     }
     let (w, h) = image.dimensions();
-    let scale = (width as f64 / w as f64).max(height as f64 / h as f64);
-    let sw = ((w as f64 * scale).round() as u32).max(width);
-    let sh = ((h as f64 * scale).round() as u32).max(height);
-    let resized = imageops::resize(image, sw, sh, imageops::FilterType::Lanczos3);
-    imageops::crop_imm(&resized, (sw - width) / 2, (sh - height) / 2, width, height).to_image()
+    let (w64, h64) = (u64::from(w), u64::from(h));
+    // The largest centred region with the target's aspect ratio.
+    let (crop_w, crop_h) = if w64 * u64::from(height) > h64 * u64::from(width) {
+        let crop_w = (h64 * u64::from(width) / u64::from(height.max(1))).clamp(1, w64);
+        (crop_w as u32, h)
+    } else {
+        let crop_h = (w64 * u64::from(height) / u64::from(width.max(1))).clamp(1, h64);
+        (w, crop_h as u32)
+    };
+    let cropped =
+        imageops::crop_imm(image, (w - crop_w) / 2, (h - crop_h) / 2, crop_w, crop_h).to_image();
+    imageops::resize(&cropped, width, height, imageops::FilterType::Lanczos3)
 }
 
 /// Places four equally sized images in a 2×2 grid: 0 top left, 1 top right, 2 bottom left,
@@ -226,6 +236,17 @@ pub fn jpeg_within(image: &RgbImage, max_bytes: usize) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fit_crops_before_it_scales() {
+        let strip = RgbImage::from_pixel(1, 8192, image::Rgb([9, 9, 9]));
+        assert_eq!(fit(&strip, 512, 512).dimensions(), (512, 512));
+        let wide = RgbImage::from_fn(300, 100, |x, _| image::Rgb([x as u8, 0, 0]));
+        let square = fit(&wide, 64, 64);
+        assert_eq!(square.dimensions(), (64, 64));
+        // The centre of the wide image, not its left edge.
+        assert!(square.get_pixel(32, 32)[0] > 120 && square.get_pixel(32, 32)[0] < 180);
+    }
 
     #[test]
     fn parameters_round_trip_in_any_script() {

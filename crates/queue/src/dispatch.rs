@@ -105,6 +105,8 @@ pub enum DispatchError {
     Store(#[from] StoreError),
     #[error("redis error: {0}; the reconciler will restore dispatch once Redis is back")]
     Redis(#[from] redis::RedisError),
+    #[error("redis did not answer in time")]
+    Timeout,
 }
 
 /// Gateway and worker handle on the dispatch queue; cheap to clone.
@@ -244,7 +246,11 @@ impl Dispatcher {
             for raw in &busy {
                 script.arg(raw);
             }
-            let _: i32 = script.invoke_async(&mut self.redis.clone()).await?;
+            // The claimed jobs already run in Postgres: an error here must not lose them.
+            let unclaimed: Result<i32, _> = script.invoke_async(&mut self.redis.clone()).await;
+            if let Err(error) = unclaimed {
+                warn!(%error, entries = busy.len(), "busy entries not put back; reconciler will");
+            }
         }
         Ok(claimed)
     }
@@ -389,7 +395,10 @@ impl Dispatcher {
         {
             match expired.failure {
                 Failure::Retry(ticket) => {
-                    self.push(&ticket).await?;
+                    // Already queued in Postgres: a failed push is redone by the next pass.
+                    if let Err(error) = self.push(&ticket).await {
+                        warn!(job = %ticket.job_id, %error, "retry not dispatched yet");
+                    }
                     report.retried += 1;
                 }
                 Failure::Failed { user_id, error } => {

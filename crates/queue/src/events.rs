@@ -162,7 +162,11 @@ impl Dispatcher {
                             entry_id: entry.id,
                             result,
                         }),
-                        None => warn!(entry = %entry.id, "unreadable result event skipped"),
+                        None => {
+                            warn!(entry = %entry.id, "unreadable result event dropped");
+                            let _: Result<i64, _> = redis.xack(&stream, group, &[&entry.id]).await;
+                            let _: Result<i64, _> = redis.xdel(&stream, &[&entry.id]).await;
+                        }
                     }
                 }
             }

@@ -20,7 +20,7 @@ use huaxian_queue::Progress;
 use image::RgbImage;
 use uuid::Uuid;
 
-use crate::control::Control;
+use crate::control::{Control, Stop};
 
 /// Largest preview sent with a progress event, in bytes.
 pub const PREVIEW_BYTES: usize = 64 * 1024;
@@ -97,7 +97,12 @@ pub fn render_batch(
         |requests: &[Request],
          on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>|
          -> Result<Vec<Output>, Error> { pipeline::generate(model, requests, on_step) };
-    let windows = |request: &Request| pipeline::windows_needed(model, request);
+    // Each request is checked alone first, so one job's bad request fails only that job
+    // instead of the engine refusing the whole group.
+    let windows = |request: &Request| {
+        request.validate(model)?;
+        pipeline::windows_needed(model, request)
+    };
     let (images, mut stats) = render_units(jobs, &windows, &mut generate, progress);
     stats.seconds = started.elapsed().as_secs_f64();
 
@@ -248,12 +253,12 @@ fn render_units(
             if let Some((message, retryable)) = failure {
                 return UnitsResult::Failed { message, retryable };
             }
-            if job.control.stopped().is_some() {
-                return UnitsResult::Stopped;
-            }
-            match images.into_iter().collect::<Option<Vec<_>>>() {
-                Some(images) => UnitsResult::Images(images),
-                None => UnitsResult::Failed {
+            let stop = job.control.stopped();
+            match (images.into_iter().collect::<Option<Vec<_>>>(), stop) {
+                // Finished before the shutdown came: worth keeping.
+                (Some(images), None | Some(Stop::Shutdown)) => UnitsResult::Images(images),
+                (_, Some(_)) => UnitsResult::Stopped,
+                (None, None) => UnitsResult::Failed {
                     message: "the engine returned fewer images than asked for".into(),
                     retryable: true,
                 },
@@ -388,7 +393,6 @@ fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::Stop;
 
     fn job(images: usize, seed: u64) -> RenderJob {
         RenderJob {
@@ -471,6 +475,50 @@ mod tests {
             }
             _ => panic!("the oversized job should fail"),
         }
+    }
+
+    #[test]
+    fn a_refused_request_fails_only_its_job() {
+        let mut bad = job(4, 70);
+        bad.requests[2].guidance = f64::NAN;
+        let jobs = vec![job(4, 1), bad];
+        let mut calls = Vec::new();
+        let mut generate = engine(16, &mut calls);
+        let check = |request: &Request| {
+            if request.guidance.is_nan() {
+                Err(Error::InvalidRequest(
+                    "guidance must be between 0 and 100".into(),
+                ))
+            } else {
+                Ok(1)
+            }
+        };
+        let (results, _) = render_units(&jobs, &check, &mut generate, &mut |_| {});
+        drop(generate);
+        assert_eq!(seeds(&results[0]), vec![1, 2, 3, 4]);
+        assert!(
+            matches!(&results[1], UnitsResult::Failed { retryable: false, message } if message.contains("guidance"))
+        );
+        assert_eq!(
+            calls,
+            vec![4],
+            "the bad job's other images are not rendered"
+        );
+    }
+
+    #[test]
+    fn a_job_finished_before_shutdown_keeps_its_images() {
+        let jobs = vec![job(4, 1)];
+        let mut calls = Vec::new();
+        let control = jobs[0].control.clone();
+        let mut generate =
+            |requests: &[Request], on_step: &mut dyn FnMut(&StepInfo) -> ControlFlow<()>| {
+                let out = engine(16, &mut calls)(requests, on_step);
+                control.stop(Stop::Shutdown);
+                out
+            };
+        let (results, _) = render_units(&jobs, &|_| Ok(1), &mut generate, &mut |_| {});
+        assert_eq!(seeds(&results[0]), vec![1, 2, 3, 4]);
     }
 
     #[test]

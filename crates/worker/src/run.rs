@@ -312,8 +312,13 @@ impl Worker {
             Err(error) => {
                 // Without the rows nothing can be rendered; the leases run out and the
                 // reconciler hands the jobs to whoever can read them.
-                error!(%error, jobs = ids.len(), "cannot read claimed jobs; leaving them to expire");
+                error!(%error, jobs = ids.len(), "cannot read claimed jobs; giving them back");
                 watcher.abort();
+                for claim in &claimed {
+                    if let Err(error) = self.dispatcher.release(&self.id, claim).await {
+                        warn!(job = %claim.ticket.job_id, %error, "not released; its lease will run out");
+                    }
+                }
                 self.metrics.busy.set(0);
                 return;
             }
@@ -391,7 +396,12 @@ impl Worker {
         for (index, outcome) in held {
             let job = &jobs[index];
             let claim = &claimed[index];
-            if let Some(stop) = controls[index].stopped() {
+            // A job whose images were all made before the grace period ran out is kept.
+            let finished_anyway = matches!(
+                (controls[index].stopped(), &outcome),
+                (Some(Stop::Shutdown), Ok(_))
+            );
+            if let Some(stop) = controls[index].stopped().filter(|_| !finished_anyway) {
                 self.stopped(job, claim, stop).await;
                 continue;
             }
@@ -721,18 +731,26 @@ impl Worker {
             let claim = &claimed[*index];
             let cost_ms = match outcome {
                 Ok(completed) => completed.cost_ms,
-                Err(_) if self.committed(claim).await => job.reserved_ms,
-                Err(_) => {
-                    warn!(job = %job.id, "job no longer held at completion; output discarded");
-                    self.metrics.lease_losses.inc();
-                    self.metrics.outcome("lease_lost");
-                    let folder = attempt_folder(job.id, claim.attempt);
-                    for image in images {
-                        let _ = self.blobs.delete(&image.blob_key).await;
+                Err(_) => match self.committed(claim).await {
+                    Committed::Ours(cost_ms) => cost_ms,
+                    Committed::Unknown => {
+                        // The row could not be read: keep the blobs, which an image row may
+                        // point at, and leave the outcome to the store.
+                        warn!(job = %job.id, "completion outcome unknown; images kept");
+                        continue;
                     }
-                    let _ = self.blobs.delete(&format!("{folder}/grid.png")).await;
-                    continue;
-                }
+                    Committed::Other => {
+                        warn!(job = %job.id, "job no longer held at completion; output discarded");
+                        self.metrics.lease_losses.inc();
+                        self.metrics.outcome("lease_lost");
+                        let folder = attempt_folder(job.id, claim.attempt);
+                        for image in images {
+                            let _ = self.blobs.delete(&image.blob_key).await;
+                        }
+                        let _ = self.blobs.delete(&format!("{folder}/grid.png")).await;
+                        continue;
+                    }
+                },
             };
             self.metrics.outcome("succeeded");
             self.metrics.images.inc_by(images.len() as u64);
@@ -772,15 +790,19 @@ impl Worker {
         }
     }
 
-    /// Whether the store shows this worker's own attempt as the one that succeeded.
-    async fn committed(&self, claimed: &Claimed) -> bool {
+    /// What the store shows of a completion the worker was told is stale: its own attempt
+    /// succeeded after all (a reply lost on the way back), another outcome, or nothing.
+    async fn committed(&self, claimed: &Claimed) -> Committed {
         match self.dispatcher.store().job(claimed.ticket.job_id).await {
-            Ok(job) => {
-                job.state == JobState::Succeeded
+            Ok(job)
+                if job.state == JobState::Succeeded
                     && job.attempt == claimed.attempt
-                    && job.worker_id.as_deref() == Some(self.id.as_str())
+                    && job.worker_id.as_deref() == Some(self.id.as_str()) =>
+            {
+                Committed::Ours(job.cost_ms.unwrap_or(0))
             }
-            Err(_) => false,
+            Ok(_) => Committed::Other,
+            Err(_) => Committed::Unknown,
         }
     }
 }
@@ -804,6 +826,16 @@ fn expand(
     };
     let seed = job.requests.first().map_or(0, |r| r.seed);
     expander.apply(model, &mut job.requests, seed).map(Some)
+}
+
+/// What the store says of a completion reported stale.
+enum Committed {
+    /// This attempt succeeded, charging this much.
+    Ours(i64),
+    /// The job ended another way, or another attempt holds it.
+    Other,
+    /// The row could not be read.
+    Unknown,
 }
 
 /// Where an attempt's images live: `jobs/<job>/<attempt>/`.
@@ -831,7 +863,11 @@ async fn watch_jobs(
             return;
         }
         let ids: Vec<Uuid> = live.iter().map(|i| claimed[*i].ticket.job_id).collect();
-        match dispatcher.cancelled(&ids).await {
+        // Bounded, so a slow Redis never delays the lease renewals below.
+        match tokio::time::timeout(CANCEL_POLL, dispatcher.cancelled(&ids))
+            .await
+            .unwrap_or_else(|_| Err(DispatchError::Timeout))
+        {
             Ok(flags) => {
                 for (i, cancelled) in live.iter().zip(flags) {
                     if cancelled {

@@ -174,7 +174,18 @@ impl Gpt2 {
                 config.activation_function
             ))
         })?;
-        if config.n_head <= 0 || config.n_embd % config.n_head != 0 {
+        let sizes = [
+            ("vocab_size", config.vocab_size),
+            ("n_positions", config.n_positions),
+            ("n_embd", config.n_embd),
+            ("n_layer", config.n_layer),
+            ("n_head", config.n_head),
+            ("n_inner", config.n_inner.unwrap_or(1)),
+        ];
+        if let Some((name, value)) = sizes.iter().find(|(_, value)| *value <= 0) {
+            return Err(bad(format!("{name} must be positive, got {value}")));
+        }
+        if config.n_embd % config.n_head != 0 {
             return Err(bad(format!(
                 "n_embd {} is not a multiple of n_head {}",
                 config.n_embd, config.n_head
