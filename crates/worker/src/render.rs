@@ -204,6 +204,7 @@ fn render_units(
                 .map(|unit| jobs[unit.job].requests[unit.request].clone())
                 .collect();
             stats.calls += 1;
+            tracker.restart();
             let mut last_step = Instant::now();
             let mut on_step = |info: &StepInfo| {
                 let now = Instant::now();
@@ -296,6 +297,11 @@ impl ProgressTracker {
             last: vec![None; jobs.len()],
             started: Instant::now(),
         }
+    }
+
+    /// Starts timing a new engine call, whose steps the ETA is estimated from.
+    fn restart(&mut self) {
+        self.started = Instant::now();
     }
 
     fn step(
