@@ -22,7 +22,7 @@ pub struct Metrics {
     pub images_per_second: Gauge,
     /// Seconds each model took to load.
     pub model_load_seconds: GaugeVec,
-    /// Memory the worker's tensors occupy: process resident memory on CPU workers.
+    /// Memory in use: the GPU's on CUDA workers, process resident memory on CPU ones.
     pub memory_bytes: IntGauge,
     /// Jobs whose lease was lost while rendering (their output was discarded).
     pub lease_losses: IntCounter,
@@ -58,7 +58,7 @@ impl Metrics {
         )?;
         let memory_bytes = IntGauge::new(
             "device_memory_bytes",
-            "Memory in use by the worker's tensors (resident memory on CPU)",
+            "Memory in use: the GPU's (NVML) on CUDA workers, resident memory on CPU",
         )?;
         let lease_losses = IntCounter::new("lease_losses_total", "Leases lost while rendering")?;
         let busy = IntGauge::new("jobs_in_hand", "Jobs the worker holds now")?;
@@ -93,10 +93,52 @@ impl Metrics {
         self.jobs.with_label_values(&[outcome]).inc();
     }
 
-    /// Refreshes the memory gauge.
-    pub fn sample_memory(&self) {
-        if let Some(bytes) = resident_bytes() {
+    /// Refreshes the memory gauge from `memory`.
+    pub fn sample_memory(&self, memory: &MemorySource) {
+        if let Some(bytes) = memory.used_bytes() {
             self.memory_bytes.set(bytes);
+        }
+    }
+}
+
+/// Where the worker's memory in use is read: the GPU's, through NVML (the driver's
+/// management library, loaded at run time), or the process's resident memory on CPU
+/// workers and where NVML is missing.
+pub enum MemorySource {
+    Gpu {
+        /// NVML's table of loaded functions is large; boxed so the enum is not.
+        nvml: Box<nvml_wrapper::Nvml>,
+        index: u32,
+    },
+    Process,
+}
+
+impl MemorySource {
+    /// For a worker whose models run on CUDA device `cuda`, if any.
+    pub fn for_device(cuda: Option<usize>) -> Self {
+        let Some(index) = cuda else {
+            return Self::Process;
+        };
+        match nvml_wrapper::Nvml::init() {
+            Ok(nvml) => Self::Gpu {
+                nvml: Box::new(nvml),
+                index: index as u32,
+            },
+            Err(error) => {
+                tracing::warn!(%error, "NVML unavailable; reporting process memory instead");
+                Self::Process
+            }
+        }
+    }
+
+    /// Bytes in use now: on the GPU, its used memory (all processes, as nvidia-smi shows).
+    pub fn used_bytes(&self) -> Option<i64> {
+        match self {
+            Self::Gpu { nvml, index } => {
+                let info = nvml.device_by_index(*index).ok()?.memory_info().ok()?;
+                i64::try_from(info.used).ok()
+            }
+            Self::Process => resident_bytes(),
         }
     }
 }
@@ -108,4 +150,17 @@ pub fn resident_bytes() -> Option<i64> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * if page > 0 { page } else { 4096 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_workers_report_resident_memory() {
+        let source = MemorySource::for_device(None);
+        assert!(matches!(source, MemorySource::Process));
+        let bytes = source.used_bytes().unwrap();
+        assert!(bytes > 1 << 20, "{bytes}");
+    }
 }

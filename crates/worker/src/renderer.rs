@@ -37,6 +37,8 @@ pub struct Loaded {
     pub name: String,
     /// The device, in words.
     pub device: String,
+    /// The CUDA device index, for models on a GPU.
+    pub cuda: Option<usize>,
     pub load_seconds: f64,
 }
 
@@ -76,6 +78,10 @@ impl Renderer {
                     .map(|(name, model)| Loaded {
                         name: name.clone(),
                         device: format!("{:?}", model.device),
+                        cuda: match model.device {
+                            tch::Device::Cuda(index) => Some(index),
+                            _ => None,
+                        },
                         load_seconds: model.load_seconds,
                     })
                     .collect();

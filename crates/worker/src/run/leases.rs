@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::CANCEL_POLL;
 use crate::control::{Control, Stop};
-use crate::metrics::Metrics;
+use crate::metrics::{MemorySource, Metrics};
 
 /// Renews the leases of the jobs in hand and polls for cancellations, stopping a job's
 /// control when either says it must stop. Runs until aborted.
@@ -84,12 +84,13 @@ pub(super) async fn heartbeat(
     every: Duration,
     alive_at: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
+    memory: MemorySource,
 ) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        metrics.sample_memory();
+        metrics.sample_memory(&memory);
         match store.worker_heartbeat(&worker).await {
             Ok(()) => alive_at.store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed),
             Err(error) => warn!(%error, "heartbeat failed"),

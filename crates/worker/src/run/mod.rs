@@ -29,6 +29,7 @@ pub use report::attempt_folder;
 
 use crate::control::{Control, Stop};
 use crate::expand::PromptExpander;
+use crate::metrics::MemorySource;
 use crate::metrics::Metrics;
 use crate::plan::{plan, Work};
 use crate::render::{render_batch, RenderJob, RenderOutcome, Rendered, RenderedImage};
@@ -71,6 +72,8 @@ pub struct Worker {
     device: String,
     /// Whether the render thread has an expander for `--expand`.
     has_expander: bool,
+    /// The CUDA device the models run on, if any, for the memory gauge.
+    cuda: Option<usize>,
     metrics: Arc<Metrics>,
     max_input_bytes: u64,
     /// Unix milliseconds of the last heartbeat that reached Postgres.
@@ -170,6 +173,7 @@ impl Worker {
                 .map(|model| model.device.clone())
                 .unwrap_or_default(),
             has_expander: resident.expander,
+            cuda: loaded.first().and_then(|model| model.cuda),
             metrics,
             max_input_bytes,
             alive_at: Arc::new(AtomicI64::new(0)),
@@ -210,6 +214,7 @@ impl Worker {
             self.settings.heartbeat(),
             self.alive_at.clone(),
             self.metrics.clone(),
+            MemorySource::for_device(self.cuda),
         )));
         let reconciler = self.dispatcher.clone();
         let every = self.settings.reconcile();
