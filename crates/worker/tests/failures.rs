@@ -91,8 +91,20 @@ async fn progress_then_cancel_stops_refunds_and_keeps_serving(pool: PgPool) {
         cancelled_at.elapsed()
     );
     assert!(harness.store().images(job).await.unwrap().is_empty());
-    assert_eq!(metrics.jobs.with_label_values(&["cancelled"]).get(), 1);
-    assert_eq!(metrics.jobs.with_label_values(&["succeeded"]).get(), 1);
+    let outcomes: Vec<(&str, u64)> = ["cancelled", "lease_lost", "succeeded", "failed"]
+        .into_iter()
+        .map(|o| (o, metrics.jobs.with_label_values(&[o]).get()))
+        .collect();
+    assert_eq!(
+        metrics.jobs.with_label_values(&["cancelled"]).get(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        metrics.jobs.with_label_values(&["succeeded"]).get(),
+        1,
+        "{outcomes:?}"
+    );
 
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();

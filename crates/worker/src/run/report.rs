@@ -21,9 +21,8 @@ impl Worker {
                 self.metrics.outcome("cancelled");
             }
             Stop::LeaseLost => {
-                warn!(job = %job.id, "lease lost while rendering; output discarded");
-                self.metrics.lease_losses.inc();
-                self.metrics.outcome("lease_lost");
+                warn!(job = %job.id, "job no longer held while rendering; output discarded");
+                self.count_loss(job).await;
             }
             Stop::Shutdown => match self.dispatcher.release(&self.id, claimed).await {
                 Ok(()) => self.metrics.outcome("released"),
@@ -32,6 +31,21 @@ impl Worker {
                     "job not released; it returns to the queue when its lease runs out"
                 ),
             },
+        }
+    }
+
+    /// Counts a job the worker found it no longer holds: cancelled, if the store says so
+    /// (a cancellation that raced the watcher), else a lost lease.
+    async fn count_loss(&self, job: &Job) {
+        let cancelled = matches!(
+            self.dispatcher.store().job(job.id).await,
+            Ok(row) if row.state == JobState::Cancelled
+        );
+        if cancelled {
+            self.metrics.outcome("cancelled");
+        } else {
+            self.metrics.lease_losses.inc();
+            self.metrics.outcome("lease_lost");
         }
     }
 
@@ -65,10 +79,7 @@ impl Worker {
                     error!(job = %job.id, %error, "failure result lost");
                 }
             }
-            Err(DispatchError::Store(StoreError::Stale(_))) => {
-                self.metrics.lease_losses.inc();
-                self.metrics.outcome("lease_lost");
-            }
+            Err(DispatchError::Store(StoreError::Stale(_))) => self.count_loss(job).await,
             Err(error) => warn!(
                 job = %job.id, %error,
                 "failure not recorded; the job returns to the queue when its lease runs out"
@@ -167,8 +178,7 @@ impl Worker {
                     }
                     Committed::Other => {
                         warn!(job = %job.id, "job no longer held at completion; output discarded");
-                        self.metrics.lease_losses.inc();
-                        self.metrics.outcome("lease_lost");
+                        self.count_loss(job).await;
                         let folder = attempt_folder(job.id, claim.attempt);
                         for image in images {
                             let _ = self.blobs.delete(&image.blob_key).await;
