@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use huaxian_prompt::JobSpec;
 use huaxian_queue::{Config, Dispatcher, JobResult, Outcome};
-use huaxian_store::{Caps, JobKind, JobState, Lane, NewJob, Store};
+use huaxian_store::{Caps, JobState, NewJob, Store};
 use huaxian_testkit::{database_url, redis_url};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
@@ -116,18 +116,8 @@ path = "{model}"
             ..JobSpec::new("a harbour at night", "tiny")
         };
         let job = NewJob {
-            kind: JobKind::Imagine,
-            spec,
-            lane: Lane::Fast,
-            images: 4,
             estimate_ms: 10_000,
-            parent: None,
-            image_index: None,
-            inputs: Vec::new(),
-            interaction_id,
-            user_id: 77,
-            guild_id: None,
-            channel_id: 1,
+            ..NewJob::imagine(spec, 77, interaction_id, 1)
         };
         self.dispatcher.submit(&job).await.unwrap().ticket.job_id
     }

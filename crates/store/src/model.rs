@@ -189,6 +189,27 @@ pub struct NewJob {
     pub channel_id: i64,
 }
 
+impl NewJob {
+    /// An `imagine` grid (4 images) on the fast lane, outside any guild, with no parent and
+    /// no input images; set the fields that differ.
+    pub fn imagine(spec: JobSpec, user_id: i64, interaction_id: i64, channel_id: i64) -> Self {
+        NewJob {
+            kind: JobKind::Imagine,
+            spec,
+            lane: Lane::Fast,
+            images: 4,
+            estimate_ms: 1000,
+            parent: None,
+            image_index: None,
+            inputs: Vec::new(),
+            interaction_id,
+            user_id,
+            guild_id: None,
+            channel_id,
+        }
+    }
+}
+
 /// What the dispatcher needs to route a job to a worker; derived from the job row.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use huaxian_prompt::JobSpec;
 use huaxian_queue::{Config, Dispatcher, Done, WorkerSpec};
-use huaxian_store::{Caps, JobKind, Lane, NewJob, Store};
+use huaxian_store::{Caps, Lane, NewJob, Store};
 use redis::AsyncCommands;
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -49,23 +49,15 @@ fn spec() -> JobSpec {
 }
 
 fn job(user_id: i64, interaction_id: i64) -> NewJob {
+    // Every fifth job waits in the relax lane, so both lanes are exercised.
+    let lane = if interaction_id % 5 == 0 {
+        Lane::Relax
+    } else {
+        Lane::Fast
+    };
     NewJob {
-        kind: JobKind::Imagine,
-        spec: spec(),
-        lane: if interaction_id % 5 == 0 {
-            Lane::Relax
-        } else {
-            Lane::Fast
-        },
-        images: 4,
-        estimate_ms: 1000,
-        parent: None,
-        image_index: None,
-        inputs: Vec::new(),
-        interaction_id,
-        user_id,
-        guild_id: None,
-        channel_id: 1,
+        lane,
+        ..NewJob::imagine(spec(), user_id, interaction_id, 1)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use huaxian_prompt::JobSpec;
 use huaxian_queue::{Config, Dispatcher, WorkerSpec};
-use huaxian_store::{Caps, JobKind, Lane, NewJob, Store};
+use huaxian_store::{Caps, Lane, NewJob, Store};
 use sqlx::PgPool;
 
 #[allow(unused_imports)]
@@ -24,18 +24,8 @@ pub fn spec(model: &str, size: u32, steps: u32) -> JobSpec {
 
 pub fn job(user_id: i64, interaction_id: i64, lane: Lane) -> NewJob {
     NewJob {
-        kind: JobKind::Imagine,
-        spec: spec("sd15", 512, 20),
         lane,
-        images: 4,
-        estimate_ms: 1000,
-        parent: None,
-        image_index: None,
-        inputs: Vec::new(),
-        interaction_id,
-        user_id,
-        guild_id: None,
-        channel_id: 1,
+        ..NewJob::imagine(spec("sd15", 512, 20), user_id, interaction_id, 1)
     }
 }
 

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use huaxian_prompt::JobSpec;
-use huaxian_store::{Caps, JobKind, Lane, NewJob, Store};
+use huaxian_store::{Caps, NewJob, Store};
 use sqlx::PgPool;
 
 pub fn spec(model: &str) -> JobSpec {
@@ -15,20 +15,7 @@ pub fn spec(model: &str) -> JobSpec {
 }
 
 pub fn job(user_id: i64, interaction_id: i64) -> NewJob {
-    NewJob {
-        kind: JobKind::Imagine,
-        spec: spec("sd15"),
-        lane: Lane::Fast,
-        images: 4,
-        estimate_ms: 1000,
-        parent: None,
-        image_index: None,
-        inputs: Vec::new(),
-        interaction_id,
-        user_id,
-        guild_id: None,
-        channel_id: 1,
-    }
+    NewJob::imagine(spec("sd15"), user_id, interaction_id, 1)
 }
 
 pub fn caps() -> Caps {

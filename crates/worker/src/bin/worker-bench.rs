@@ -16,7 +16,7 @@ use huaxian_engine::{parse_device_and_dtype, LoadOptions, StableDiffusion};
 use huaxian_prompt::JobSpec;
 use huaxian_queue::{Config, Dispatcher, Outcome};
 use huaxian_service::BlobStore;
-use huaxian_store::{Caps, JobKind, Lane, NewJob, Store};
+use huaxian_store::{Caps, NewJob, Store};
 use huaxian_worker::render::{render_batch, RenderJob, RenderOutcome};
 use huaxian_worker::renderer::Renderer;
 use huaxian_worker::{Models, Worker, WorkerSettings};
@@ -239,20 +239,7 @@ where
         let dispatcher = Dispatcher::connect(store, &args.redis_url, config).await?;
         let mut jobs = Vec::new();
         for n in 0..args.jobs {
-            let job = NewJob {
-                kind: JobKind::Imagine,
-                spec: spec(args, n),
-                lane: Lane::Fast,
-                images: 4,
-                estimate_ms: 1000,
-                parent: None,
-                image_index: None,
-                inputs: Vec::new(),
-                interaction_id: n as i64,
-                user_id: n as i64,
-                guild_id: None,
-                channel_id: 1,
-            };
+            let job = NewJob::imagine(spec(args, n), n as i64, n as i64, 1);
             jobs.push(dispatcher.submit(&job).await?.ticket.job_id);
         }
 

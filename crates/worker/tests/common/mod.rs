@@ -10,7 +10,7 @@ use huaxian_engine::{LoadOptions, StableDiffusion};
 use huaxian_prompt::JobSpec;
 use huaxian_queue::{Config, Dispatcher, JobResult};
 use huaxian_service::BlobStore;
-use huaxian_store::{Action, Caps, JobKind, Lane, NewJob, Store};
+use huaxian_store::{Action, Caps, JobKind, NewJob, Store};
 use huaxian_worker::{Models, Worker, WorkerSettings};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -184,12 +184,7 @@ impl Harness {
                 .map(i16::from),
             parent: parent.map(|(id, action)| (id, action.key())),
             inputs,
-            spec,
-            lane: Lane::Fast,
-            interaction_id,
-            user_id: user,
-            guild_id: None,
-            channel_id: 7,
+            ..NewJob::imagine(spec, user, interaction_id, 7)
         }
     }
 
