@@ -1,6 +1,7 @@
 //! `huaxian`: one binary, one subcommand per service.
 
 mod expand;
+mod gateway;
 mod generate;
 mod hub;
 mod worker;
@@ -28,6 +29,8 @@ enum Command {
     Worker(worker::Args),
     /// Continue a prompt with a GPT-2 expander model, as `--expand` does.
     Expand(expand::Args),
+    /// Serve the Discord bot: slash commands, buttons, progress and results.
+    Gateway(gateway::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
     // keeps the terminal for its progress bar.
     let default_filter = match cli.command {
         Command::Generate(_) | Command::Expand(_) => "warn",
-        Command::Worker(_) => "info",
+        Command::Worker(_) | Command::Gateway(_) => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(*args),
         Command::Worker(args) => worker::run(args),
         Command::Expand(args) => expand::run(args),
+        Command::Gateway(args) => gateway::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,7 +48,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// Resolves on SIGTERM (what orchestrators send) or Ctrl-C.
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -150,7 +150,7 @@ fn parse_prompt(chars: &[Located], limits: &Limits) -> Result<(JobSpec, u32), Pr
         .steps
         .unwrap_or_else(|| quality_steps(limits.base_steps, quality).min(limits.max_steps))
         .max(1);
-    let stylize = params.stylize.unwrap_or(DEFAULT_STYLIZE);
+    let stylize = params.stylize.unwrap_or(limits.default_stylize);
     let spec = JobSpec {
         prompt,
         negative,

@@ -23,6 +23,8 @@ pub struct Limits {
     pub models: Vec<String>,
     /// Model used without `--model`.
     pub default_model: String,
+    /// `--stylize` used when the prompt gives none (a user's `/settings` default).
+    pub default_stylize: u16,
     /// Largest `--repeat`.
     pub max_repeat: u32,
     /// Most jobs one prompt may make: permutations × repeat.
@@ -57,6 +59,7 @@ impl Default for Limits {
             default_sampler: "euler_a".to_string(),
             models: vec!["sd15".to_string()],
             default_model: "sd15".to_string(),
+            default_stylize: crate::DEFAULT_STYLIZE,
             max_repeat: 4,
             max_jobs: 10,
             max_prompt_chars: 1000,

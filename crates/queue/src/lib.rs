@@ -13,6 +13,7 @@
 
 mod dispatch;
 mod events;
+mod notes;
 mod position;
 mod scripts;
 

@@ -1,5 +1,6 @@
-//! The HTTP endpoint every service exposes: `/metrics` for Prometheus and `/healthz` for
-//! orchestrators.
+//! The HTTP endpoint every service exposes: `/metrics` for Prometheus, and `/healthz` and
+//! `/readyz` for orchestrators (both report the service's [`Health`]: a worker is healthy
+//! once its models are loaded, a gateway once Discord has sent READY).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(healthz))
         .with_state(Endpoint { registry, health });
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {

@@ -179,6 +179,64 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a banned word; returns whether the guild had it.
+    pub async fn unban_word(&self, guild_id: i64, word: &str) -> Result<bool, StoreError> {
+        let removed = sqlx::query("DELETE FROM banned_words WHERE guild_id = $1 AND word = $2")
+            .bind(guild_id)
+            .bind(word.to_lowercase())
+            .execute(&self.pool)
+            .await?;
+        Ok(removed.rows_affected() > 0)
+    }
+
+    /// The guild's banned words, sorted.
+    pub async fn banned_words(&self, guild_id: i64) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT word FROM banned_words WHERE guild_id = $1 ORDER BY word")
+                .bind(guild_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Writes an audit row: an admin's action, or an attempt moderators should see (a
+    /// banned word). `actor_id` is `None` for the service itself.
+    pub async fn record_audit(
+        &self,
+        actor_id: Option<i64>,
+        user_id: i64,
+        guild_id: Option<i64>,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (actor_id, user_id, guild_id, action, detail) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(actor_id)
+        .bind(user_id)
+        .bind(guild_id)
+        .bind(action)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Audit rows about a user, newest first.
+    pub async fn audit_log(
+        &self,
+        user_id: i64,
+    ) -> Result<Vec<(Option<i64>, String, serde_json::Value)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT actor_id, action, detail FROM audit_log WHERE user_id = $1 \
+             ORDER BY at DESC, id DESC LIMIT 100",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Registers a worker or refreshes its description and heartbeat.
     pub async fn register_worker(&self, worker: &Worker) -> Result<(), StoreError> {
         sqlx::query(

@@ -84,9 +84,9 @@ impl Store {
              created AS ( \
                  INSERT INTO jobs (id, kind, parent_id, image_index, action, spec, model, lane, \
                      pixels, batch_key, images, max_attempts, reserved_ms, interaction_id, \
-                     user_id, guild_id, channel_id, inputs) \
+                     user_id, guild_id, channel_id, inputs, part) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                         $17, $19) \
+                         $17, $19, $20) \
                  ON CONFLICT DO NOTHING RETURNING id, reserved_ms), \
              reserve AS ( \
                  INSERT INTO quota_ledger (user_id, delta_ms, reason, job_id) \
@@ -115,6 +115,7 @@ impl Store {
         .bind(job.channel_id)
         .bind(today)
         .bind(&job.inputs)
+        .bind(job.part)
         .fetch_one(&mut *tx)
         .await?;
         if created.is_none() {
@@ -204,7 +205,7 @@ impl Store {
     }
 }
 
-/// The job this interaction, or this button while its job is live, already made.
+/// The job this interaction part, or this button while its job is live, already made.
 async fn existing(
     tx: &mut Transaction<'_, Postgres>,
     job: &NewJob,
@@ -215,7 +216,7 @@ async fn existing(
     };
     let row: Option<TicketRow> = sqlx::query_as(
         "SELECT id, user_id, lane, model, pixels, batch_key, retry_at FROM jobs \
-         WHERE interaction_id = $1 \
+         WHERE (interaction_id = $1 AND part = $5) \
             OR (parent_id = $2 AND action = $3 AND user_id = $4 \
                 AND state IN ('queued', 'running')) \
          LIMIT 1",
@@ -224,6 +225,7 @@ async fn existing(
     .bind(parent_id)
     .bind(action)
     .bind(job.user_id)
+    .bind(job.part)
     .fetch_optional(&mut **tx)
     .await?;
     Ok(row.map(IntoTicket::into_ticket))

@@ -12,7 +12,7 @@
 //!   CHECK keeps it from going negative.
 //! - Caps are checked with the user's row (and the guild's) locked, so concurrent requests
 //!   are serialised per user and never pass a cap together.
-//! - An interaction id makes at most one job; a button (parent job, action, user) has at most
+//! - An interaction id and part make at most one job; a button (parent job, action, user) has at most
 //!   one live job.
 
 mod admin;
@@ -24,6 +24,7 @@ mod model;
 mod quota;
 mod read;
 mod start;
+mod stats;
 mod transition;
 
 pub use admin::{UserSettings, Worker};
@@ -34,6 +35,7 @@ pub use model::{
     Action, Enqueued, Job, JobKind, JobState, Lane, NewImage, NewJob, StoredImage, Ticket,
 };
 pub use quota::Balance;
+pub use stats::{LaneDepth, QueueStats};
 pub use transition::{Completed, Expired, Failure, Start};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

@@ -182,8 +182,11 @@ pub struct NewJob {
     pub image_index: Option<i16>,
     /// Blob keys of the images the job starts from (blend inputs, image prompts), in order.
     pub inputs: Vec<String>,
-    /// Discord interaction id; one interaction makes at most one job.
+    /// Discord interaction id; with `part`, it makes at most one job.
     pub interaction_id: i64,
+    /// Which of the interaction's jobs this is (`--repeat` and permutations make several),
+    /// from 0.
+    pub part: i16,
     pub user_id: i64,
     pub guild_id: Option<i64>,
     pub channel_id: i64,
@@ -203,6 +206,7 @@ impl NewJob {
             image_index: None,
             inputs: Vec::new(),
             interaction_id,
+            part: 0,
             user_id,
             guild_id: None,
             channel_id,

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use crate::{Job, JobKind, JobState, Lane, Store, StoreError, StoredImage};
 
 #[derive(sqlx::FromRow)]
-struct JobRecord {
+pub(crate) struct JobRecord {
     id: Uuid,
     kind: String,
     parent_id: Option<Uuid>,
@@ -32,13 +32,13 @@ struct JobRecord {
     running_at: Option<DateTime<Utc>>,
 }
 
-const JOB_COLUMNS: &str = "id, kind, parent_id, image_index, action, inputs, grid_key, \
+pub(crate) const JOB_COLUMNS: &str = "id, kind, parent_id, image_index, action, inputs, grid_key, \
      final_prompt, state, \
      attempt, lane, model, user_id, guild_id, channel_id, interaction_id, worker_id, error, \
      reserved_ms, cost_ms, spec, queued_at, running_at";
 
 impl JobRecord {
-    fn into_job(self) -> Result<Job, StoreError> {
+    pub(crate) fn into_job(self) -> Result<Job, StoreError> {
         let unreadable = StoreError::NoSuchJob(self.id);
         Ok(Job {
             id: self.id,

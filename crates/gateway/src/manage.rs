@@ -1,0 +1,721 @@
+//! The commands around the jobs: `/settings`, `/info`, `/fast`, `/relax`, `/cancel`,
+//! `/admin`, and model-name autocomplete. All of them answer ephemerally.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use huaxian_store::{JobState, Lane, UserSettings};
+use serenity::all::{
+    CommandInteraction, ComponentInteraction, ComponentInteractionDataKind, CreateActionRow,
+    CreateAutocompleteResponse, CreateEmbed, CreateInteractionResponse,
+    CreateInteractionResponseMessage, CreateSelectMenu, CreateSelectMenuKind,
+    CreateSelectMenuOption, EditInteractionResponse, ResolvedOption, ResolvedValue,
+};
+use serenity::http::Http;
+use serenity::model::Permissions;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::reply::{clip, Pending};
+use crate::submit::WORKER_SILENCE_S;
+use crate::App;
+
+/// Prefix of the `/settings` menus' ids: `hx-set:<setting>`.
+pub const SETTING_PREFIX: &str = "hx-set:";
+
+/// Id of the `/cancel` menu.
+pub const CANCEL_ID: &str = "hx-cancel";
+
+/// Stylize values offered in `/settings`.
+const STYLIZES: [i16; 7] = [0, 50, 100, 250, 500, 750, 1000];
+
+/// `/settings`: the user's defaults as menus; choosing stores the choice.
+pub async fn settings(app: &App, http: &Http, pending: &Pending) {
+    if !pending.defer(app, http, true).await {
+        return;
+    }
+    let Some(current) = load_settings(app, http, pending).await else {
+        return;
+    };
+    let edit = EditInteractionResponse::new()
+        .content(settings_text(app, &current))
+        .components(settings_rows(app, &current));
+    let _ = pending.edit(app, http, edit).await;
+}
+
+/// A `/settings` menu was used.
+pub async fn change_setting(
+    app: &App,
+    http: &Http,
+    component: &ComponentInteraction,
+    pending: &Pending,
+    setting: &str,
+) {
+    let ComponentInteractionDataKind::StringSelect { values } = &component.data.kind else {
+        return pending
+            .private(
+                app,
+                http,
+                "That control is out of date; run /settings again.",
+            )
+            .await;
+    };
+    let Some(value) = values.first() else {
+        return pending.private(app, http, "Nothing was chosen.").await;
+    };
+    let store = app.dispatcher.store();
+    let user = pending.user_id as i64;
+    let Ok(mut current) = store.settings(user).await else {
+        return pending
+            .private(
+                app,
+                http,
+                "Settings are unavailable right now; try again in a minute.",
+            )
+            .await;
+    };
+    let limits = &app.settings.prompt;
+    let known = |names: &[String]| names.iter().any(|n| n == value);
+    match setting {
+        "model" if known(&limits.models) => current.default_model = Some(value.clone()),
+        "sampler" if known(&limits.samplers) => current.sampler = Some(value.clone()),
+        "stylize" => match value.parse::<i16>() {
+            Ok(stylize) if (0..=1000).contains(&stylize) => current.stylize = Some(stylize),
+            _ => return pending.private(app, http, "Stylize must be 0–1000.").await,
+        },
+        "lane" => current.lane = Some(Lane::parse(value)),
+        "expand" => current.expand = Some(value == "on"),
+        _ => {
+            return pending
+                .private(
+                    app,
+                    http,
+                    "That option is no longer offered; run /settings again.",
+                )
+                .await
+        }
+    }
+    if store.set_settings(user, &current).await.is_err() {
+        return pending
+            .private(
+                app,
+                http,
+                "Settings are unavailable right now; try again in a minute.",
+            )
+            .await;
+    }
+    info!(setting, "user setting changed");
+    let message = CreateInteractionResponseMessage::new()
+        .content(settings_text(app, &current))
+        .components(settings_rows(app, &current));
+    let _ = pending
+        .ack(app, http, CreateInteractionResponse::UpdateMessage(message))
+        .await;
+}
+
+fn settings_text(app: &App, current: &UserSettings) -> String {
+    let limits = &app.settings.prompt;
+    format!(
+        "**Your defaults** (a prompt's own parameters always win)\n\
+         Model: `{}` · Sampler: `{}` · Stylize: `{}` · Lane: `{}` · Expand: `{}`",
+        current
+            .default_model
+            .as_deref()
+            .unwrap_or(&limits.default_model),
+        current
+            .sampler
+            .as_deref()
+            .unwrap_or(&limits.default_sampler),
+        current
+            .stylize
+            .map(|s| s as u16)
+            .unwrap_or(limits.default_stylize),
+        current.lane.unwrap_or(Lane::Fast).as_str(),
+        if current.expand.unwrap_or(false) {
+            "on"
+        } else {
+            "off"
+        },
+    )
+}
+
+fn settings_rows(app: &App, current: &UserSettings) -> Vec<CreateActionRow> {
+    let limits = &app.settings.prompt;
+    let menu = |id: &str, placeholder: &str, options: Vec<(String, String, bool)>| {
+        let options = options
+            .into_iter()
+            .take(25)
+            .map(|(label, value, chosen)| {
+                CreateSelectMenuOption::new(clip(&label, 100), clip(&value, 100))
+                    .default_selection(chosen)
+            })
+            .collect();
+        CreateActionRow::SelectMenu(
+            CreateSelectMenu::new(
+                format!("{SETTING_PREFIX}{id}"),
+                CreateSelectMenuKind::String { options },
+            )
+            .placeholder(placeholder),
+        )
+    };
+    let model = current
+        .default_model
+        .as_deref()
+        .unwrap_or(&limits.default_model);
+    let sampler = current
+        .sampler
+        .as_deref()
+        .unwrap_or(&limits.default_sampler);
+    let stylize = current.stylize.unwrap_or(limits.default_stylize as i16);
+    let lane = current.lane.unwrap_or(Lane::Fast);
+    let expand = current.expand.unwrap_or(false);
+    vec![
+        menu(
+            "model",
+            "Model",
+            limits
+                .models
+                .iter()
+                .map(|m| (format!("Model: {m}"), m.clone(), m == model))
+                .collect(),
+        ),
+        menu(
+            "sampler",
+            "Sampler",
+            limits
+                .samplers
+                .iter()
+                .map(|s| (format!("Sampler: {s}"), s.clone(), s == sampler))
+                .collect(),
+        ),
+        menu(
+            "stylize",
+            "Stylize",
+            STYLIZES
+                .iter()
+                .map(|s| (format!("Stylize: {s}"), s.to_string(), *s == stylize))
+                .collect(),
+        ),
+        menu(
+            "lane",
+            "Lane",
+            [Lane::Fast, Lane::Relax]
+                .into_iter()
+                .map(|l| {
+                    (
+                        format!("Lane: {}", l.as_str()),
+                        l.as_str().into(),
+                        l == lane,
+                    )
+                })
+                .collect(),
+        ),
+        menu(
+            "expand",
+            "Prompt expansion",
+            [("on", true), ("off", false)]
+                .into_iter()
+                .map(|(v, on)| (format!("Expand prompts: {v}"), v.into(), on == expand))
+                .collect(),
+        ),
+    ]
+}
+
+/// `/fast` and `/relax`.
+pub async fn lane(app: &App, http: &Http, pending: &Pending) {
+    if !pending.defer(app, http, true).await {
+        return;
+    }
+    let Some(mut current) = load_settings(app, http, pending).await else {
+        return;
+    };
+    let lane = if pending.what == "relax" {
+        Lane::Relax
+    } else {
+        Lane::Fast
+    };
+    current.lane = Some(lane);
+    if app
+        .dispatcher
+        .store()
+        .set_settings(pending.user_id as i64, &current)
+        .await
+        .is_err()
+    {
+        return pending
+            .answer(
+                app,
+                http,
+                "Settings are unavailable right now; try again in a minute.",
+            )
+            .await;
+    }
+    let text = match lane {
+        Lane::Fast => "Fast mode: your jobs go first and use your fast GPU time.",
+        Lane::Relax => "Relax mode: your jobs are free and wait behind fast jobs.",
+    };
+    pending.answer(app, http, text).await;
+}
+
+/// `/info`: quota, lane, and the user's live jobs with position and ETA.
+pub async fn info(app: &App, http: &Http, pending: &Pending) {
+    if !pending.defer(app, http, true).await {
+        return;
+    }
+    let store = app.dispatcher.store();
+    let user = pending.user_id as i64;
+    let (Ok(balance), Ok(settings), Ok(jobs)) = (
+        store.balance(user).await,
+        store.settings(user).await,
+        store.live_jobs(user).await,
+    ) else {
+        return pending
+            .answer(
+                app,
+                http,
+                "Your information is unavailable right now; try again in a minute.",
+            )
+            .await;
+    };
+    let mut lines = Vec::new();
+    for job in &jobs {
+        let prompt = clip(&job.spec.raw, 60);
+        let line = match job.state {
+            JobState::Running => format!("▶ `{}` {prompt} — rendering", short(job.id)),
+            _ => {
+                let ticket = huaxian_store::Ticket {
+                    job_id: job.id,
+                    user_id: job.user_id,
+                    lane: job.lane,
+                    model: job.model.clone(),
+                    pixels: 0,
+                    batch_key: String::new(),
+                    ready_at: None,
+                };
+                match app.dispatcher.position(&ticket).await {
+                    Ok(Some(p)) => format!(
+                        "⏳ `{}` {prompt} — position {}, about {} s",
+                        short(job.id),
+                        p.ahead + 1,
+                        p.eta.as_secs().max(1)
+                    ),
+                    _ => format!("⏳ `{}` {prompt} — waiting", short(job.id)),
+                }
+            }
+        };
+        lines.push(line);
+    }
+    let jobs_text = if lines.is_empty() {
+        "none".to_string()
+    } else {
+        clip(&lines.join("\n"), 1000)
+    };
+    let embed = CreateEmbed::new()
+        .title("Your huaxian account")
+        .field(
+            "Fast time left",
+            format!("{:.0} s", balance.balance_ms as f64 / 1000.0),
+            true,
+        )
+        .field(
+            "Resets",
+            format!("<t:{}:R>", balance.resets_at.timestamp()),
+            true,
+        )
+        .field("Lane", settings.lane.unwrap_or(Lane::Fast).as_str(), true)
+        .field("Running and queued jobs", jobs_text, false);
+    let _ = pending
+        .edit(app, http, EditInteractionResponse::new().embed(embed))
+        .await;
+}
+
+/// `/cancel`: a menu of the user's live jobs.
+pub async fn cancel_menu(app: &App, http: &Http, pending: &Pending) {
+    if !pending.defer(app, http, true).await {
+        return;
+    }
+    let Ok(jobs) = app
+        .dispatcher
+        .store()
+        .live_jobs(pending.user_id as i64)
+        .await
+    else {
+        return pending
+            .answer(
+                app,
+                http,
+                "Your jobs are unavailable right now; try again in a minute.",
+            )
+            .await;
+    };
+    if jobs.is_empty() {
+        return pending
+            .answer(app, http, "You have no queued or running jobs.")
+            .await;
+    }
+    let options = jobs
+        .iter()
+        .take(25)
+        .map(|job| {
+            let state = if job.state == JobState::Running {
+                "running"
+            } else {
+                "queued"
+            };
+            CreateSelectMenuOption::new(
+                clip(&format!("{state}: {}", job.spec.raw), 100),
+                job.id.to_string(),
+            )
+        })
+        .collect();
+    let menu = CreateSelectMenu::new(CANCEL_ID, CreateSelectMenuKind::String { options })
+        .placeholder("Job to cancel");
+    let edit = EditInteractionResponse::new()
+        .content("Which job should be cancelled? Fast time it reserved is refunded.")
+        .components(vec![CreateActionRow::SelectMenu(menu)]);
+    let _ = pending.edit(app, http, edit).await;
+}
+
+/// A job was chosen in the `/cancel` menu.
+pub async fn cancel_chosen(
+    app: &App,
+    http: &Http,
+    component: &ComponentInteraction,
+    pending: &Pending,
+) {
+    let chosen = match &component.data.kind {
+        ComponentInteractionDataKind::StringSelect { values } => {
+            values.first().and_then(|v| Uuid::parse_str(v).ok())
+        }
+        _ => None,
+    };
+    let Some(job) = chosen else {
+        return pending
+            .private(app, http, "That menu is out of date; run /cancel again.")
+            .await;
+    };
+    // Only the job's owner: the store matches the job and the user together.
+    let text = match app.dispatcher.cancel(job, pending.user_id as i64).await {
+        Ok(true) => format!(
+            "Job `{}` was cancelled and its fast time refunded.",
+            short(job)
+        ),
+        Ok(false) => format!("Job `{}` had already ended.", short(job)),
+        Err(_) => "That job is not yours, or no longer exists.".to_string(),
+    };
+    let message = CreateInteractionResponseMessage::new()
+        .content(text)
+        .components(Vec::new());
+    let _ = pending
+        .ack(app, http, CreateInteractionResponse::UpdateMessage(message))
+        .await;
+}
+
+/// Whether the interaction's user may run `/admin`: a configured admin user, a member with
+/// a configured admin role, or a member Discord says has Administrator or Manage Server in
+/// this guild. Decided here, on the server, whatever the command's registered permissions.
+pub fn is_admin(app: &App, command: &CommandInteraction) -> bool {
+    let discord = &app.settings.discord;
+    if discord.admin_users.contains(&command.user.id.get()) {
+        return true;
+    }
+    let Some(member) = &command.member else {
+        return false;
+    };
+    if member
+        .roles
+        .iter()
+        .any(|role| discord.admin_roles.contains(&role.get()))
+    {
+        return true;
+    }
+    member.permissions.is_some_and(|p| {
+        p.contains(Permissions::ADMINISTRATOR) || p.contains(Permissions::MANAGE_GUILD)
+    })
+}
+
+/// `/admin …`.
+pub async fn admin(app: &App, http: &Http, command: &CommandInteraction, pending: &Pending) {
+    if !is_admin(app, command) {
+        warn!("/admin refused: not an admin");
+        app.metrics
+            .interactions
+            .with_label_values(&["admin", "refused"])
+            .inc();
+        return pending
+            .private(
+                app,
+                http,
+                "/admin is for this server's huaxian admins (configured users or roles, or \
+                 members with Manage Server).",
+            )
+            .await;
+    }
+    if !pending.defer(app, http, true).await {
+        return;
+    }
+    let options = command.data.options();
+    let Some(first) = options.first() else {
+        return pending.answer(app, http, "Choose a subcommand.").await;
+    };
+    let actor = pending.user_id as i64;
+    let store = app.dispatcher.store();
+    let text = match (first.name, &first.value) {
+        ("queue", _) => queue_report(app).await,
+        ("quota", ResolvedValue::SubCommandGroup(sub)) => match sub.first() {
+            Some(ResolvedOption {
+                name: "grant",
+                value: ResolvedValue::SubCommand(args),
+                ..
+            }) => match (user_arg(args), int_arg(args, "seconds")) {
+                (Some(user), Some(seconds)) => {
+                    match store.grant(actor, user, seconds.saturating_mul(1000)).await {
+                        Ok(balance) => format!(
+                            "<@{user}> now has {:.0} s of fast time.",
+                            balance as f64 / 1000.0
+                        ),
+                        Err(error) => format!("Not granted: {error}"),
+                    }
+                }
+                _ => "Give a user and a number of seconds.".into(),
+            },
+            Some(ResolvedOption {
+                name: "reset",
+                value: ResolvedValue::SubCommand(args),
+                ..
+            }) => match user_arg(args) {
+                Some(user) => match store.reset_quota(actor, user).await {
+                    Ok(balance) => format!(
+                        "<@{user}>'s fast time was reset to {:.0} s.",
+                        balance as f64 / 1000.0
+                    ),
+                    Err(error) => format!("Not reset: {error}"),
+                },
+                None => "Give a user.".into(),
+            },
+            _ => "Use /admin quota grant or /admin quota reset.".into(),
+        },
+        ("ban" | "unban", ResolvedValue::SubCommand(args)) => match user_arg(args) {
+            Some(user) => {
+                let banned = first.name == "ban";
+                match store.set_banned(actor, user, banned).await {
+                    Ok(()) if banned => format!("<@{user}> can no longer make images."),
+                    Ok(()) => format!("<@{user}> can make images again."),
+                    Err(error) => format!("Not changed: {error}"),
+                }
+            }
+            None => "Give a user.".into(),
+        },
+        ("cancel", ResolvedValue::SubCommand(args)) => {
+            let job = args.iter().find_map(|o| match (o.name, &o.value) {
+                ("job", ResolvedValue::String(id)) => Uuid::parse_str(id.trim()).ok(),
+                _ => None,
+            });
+            match job {
+                None => "Give the job's id (a UUID, as /info and the logs show it).".into(),
+                Some(job) => admin_cancel(app, actor, job).await,
+            }
+        }
+        ("banned-words", ResolvedValue::SubCommandGroup(sub)) => match pending.guild_id {
+            None => "Banned words belong to a server; run this in one.".into(),
+            Some(guild) => banned_words(app, guild as i64, sub).await,
+        },
+        _ => "Unknown subcommand; the bot's commands may be out of date.".into(),
+    };
+    pending.answer(app, http, &text).await;
+}
+
+async fn admin_cancel(app: &App, actor: i64, job: Uuid) -> String {
+    let store = app.dispatcher.store();
+    let Ok(row) = store.job(job).await else {
+        return format!("No job `{job}`.");
+    };
+    match app.dispatcher.cancel(job, row.user_id).await {
+        Ok(cancelled) => {
+            let detail = serde_json::json!({ "job": job.to_string(), "cancelled": cancelled });
+            if let Err(error) = store
+                .record_audit(
+                    Some(actor),
+                    row.user_id,
+                    row.guild_id,
+                    "admin_cancel",
+                    detail,
+                )
+                .await
+            {
+                warn!(%error, "admin cancel not audited");
+            }
+            if cancelled {
+                format!(
+                    "Job `{job}` of <@{}> was cancelled and refunded.",
+                    row.user_id
+                )
+            } else {
+                format!("Job `{job}` had already ended.")
+            }
+        }
+        Err(error) => format!("Not cancelled: {error}"),
+    }
+}
+
+async fn banned_words(app: &App, guild: i64, sub: &[ResolvedOption<'_>]) -> String {
+    let store = app.dispatcher.store();
+    let Some(option) = sub.first() else {
+        return "Use add, remove or list.".into();
+    };
+    let word = match &option.value {
+        ResolvedValue::SubCommand(args) => args.iter().find_map(|o| match o.value {
+            ResolvedValue::String(w) => Some(w.trim().to_string()),
+            _ => None,
+        }),
+        _ => None,
+    };
+    match (option.name, word) {
+        ("add", Some(word)) if !word.is_empty() => match store.ban_word(guild, &word).await {
+            Ok(()) => format!("Prompts here may no longer contain “{word}”."),
+            Err(error) => format!("Not added: {error}"),
+        },
+        ("remove", Some(word)) => match store.unban_word(guild, &word).await {
+            Ok(true) => format!("“{word}” is allowed again."),
+            Ok(false) => format!("“{word}” was not banned."),
+            Err(error) => format!("Not removed: {error}"),
+        },
+        ("list", _) => match store.banned_words(guild).await {
+            Ok(words) if words.is_empty() => "No words are banned here.".into(),
+            Ok(words) => clip(&format!("Banned here: {}", words.join(", ")), 1900),
+            Err(error) => format!("Unavailable: {error}"),
+        },
+        _ => "Give a word.".into(),
+    }
+}
+
+/// `/admin queue`: depth per lane, running, workers, latency and failures.
+async fn queue_report(app: &App) -> String {
+    let store = app.dispatcher.store();
+    let silence = chrono::Duration::seconds(WORKER_SILENCE_S);
+    let (Ok(stats), Ok(workers)) = (store.queue_stats().await, store.live_workers(silence).await)
+    else {
+        return "Queue statistics are unavailable right now.".into();
+    };
+    let secs = |v: Option<f64>| v.map_or("–".to_string(), |s| format!("{s:.1} s"));
+    let mut lines = vec!["**Queue**".to_string()];
+    for lane in [Lane::Fast, Lane::Relax] {
+        let depth = stats.queued.iter().find(|d| d.lane == lane);
+        lines.push(format!(
+            "{}: {} waiting (oldest {:.0} s)",
+            lane.as_str(),
+            depth.map_or(0, |d| d.jobs),
+            depth.map_or(0.0, |d| d.oldest_s)
+        ));
+    }
+    lines.push(format!("running: {}", stats.running));
+    lines.push(format!(
+        "last hour: wait p50 {} / p95 {}, run p50 {} / p95 {}; {} succeeded, {} failed, {} cancelled",
+        secs(stats.wait_p50_s),
+        secs(stats.wait_p95_s),
+        secs(stats.run_p50_s),
+        secs(stats.run_p95_s),
+        stats.succeeded_last_hour,
+        stats.failed_last_hour,
+        stats.cancelled_last_hour
+    ));
+    lines.push(format!("**Workers online: {}**", workers.len()));
+    for worker in workers.iter().take(20) {
+        lines.push(format!(
+            "`{}` on {}: {}",
+            worker.id,
+            worker.device,
+            worker.models.join(", ")
+        ));
+    }
+    clip(&lines.join("\n"), 1900)
+}
+
+fn user_arg(args: &[ResolvedOption<'_>]) -> Option<i64> {
+    args.iter().find_map(|o| match o.value {
+        ResolvedValue::User(user, _) => Some(user.id.get() as i64),
+        _ => None,
+    })
+}
+
+fn int_arg(args: &[ResolvedOption<'_>], name: &str) -> Option<i64> {
+    args.iter().find_map(|o| match o.value {
+        ResolvedValue::Integer(v) if o.name == name => Some(v),
+        _ => None,
+    })
+}
+
+/// Model names for the `model` option, filtered by what was typed.
+pub async fn autocomplete(app: &App, http: &Http, command: &CommandInteraction) {
+    let typed = command
+        .data
+        .autocomplete()
+        .map(|option| option.value.to_lowercase())
+        .unwrap_or_default();
+    let mut response = CreateAutocompleteResponse::new();
+    for model in app
+        .settings
+        .prompt
+        .models
+        .iter()
+        .filter(|m| m.to_lowercase().contains(&typed))
+        .take(25)
+    {
+        response = response.add_string_choice(model, model);
+    }
+    let sent = CreateInteractionResponse::Autocomplete(response);
+    if let Err(error) = command.create_response(http, sent).await {
+        crate::reply::count_error(app, &error);
+    }
+}
+
+async fn load_settings(app: &App, http: &Http, pending: &Pending) -> Option<UserSettings> {
+    match app
+        .dispatcher
+        .store()
+        .settings(pending.user_id as i64)
+        .await
+    {
+        Ok(settings) => Some(settings),
+        Err(_) => {
+            pending
+                .answer(
+                    app,
+                    http,
+                    "Settings are unavailable right now; try again in a minute.",
+                )
+                .await;
+            None
+        }
+    }
+}
+
+fn short(job: Uuid) -> String {
+    job.simple().to_string()[..8].to_string()
+}
+
+/// Samples the queue depth per lane into the metrics every 15 s until `shutdown`.
+pub async fn sample_queue(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Ok(stats) = app.dispatcher.store().queue_stats().await {
+            for lane in [Lane::Fast, Lane::Relax] {
+                let jobs = stats
+                    .queued
+                    .iter()
+                    .find(|d| d.lane == lane)
+                    .map_or(0, |d| d.jobs);
+                app.metrics
+                    .queue_depth
+                    .with_label_values(&[lane.as_str()])
+                    .set(jobs);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(15), shutdown.wait_for(|s| *s))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
