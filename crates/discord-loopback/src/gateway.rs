@@ -41,7 +41,13 @@ const HEARTBEAT_INTERVAL_MS: u64 = 41_250;
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
+            Ok((tcp, _)) => {
+                // Small frames go out at once, as from Discord's servers: with Nagle's
+                // algorithm on, a write behind an unacknowledged one waits for the peer's
+                // delayed ACK (about 40 ms), which would be charged to the bot.
+                let _ = tcp.set_nodelay(true);
+                tcp
+            }
             Err(why) => {
                 tracing::warn!(%why, "plain accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

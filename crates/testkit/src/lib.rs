@@ -43,3 +43,35 @@ pub async fn flush(prefix: &str) {
         let _: () = redis.del(keys).await.expect("DEL answers");
     }
 }
+
+/// A database of its own on the server of `$DATABASE_URL`, for benchmarks and tools that
+/// run outside `#[sqlx::test]`; drop it with [`drop_database`].
+pub async fn scratch_database(name_prefix: &str) -> Result<String, sqlx::Error> {
+    use sqlx::{Connection, Executor};
+
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("{name_prefix}_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base).await?;
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
+    let root = base
+        .rsplit_once('/')
+        .map_or(base.as_str(), |(root, _)| root);
+    Ok(format!("{root}/{name}"))
+}
+
+/// Drops a database [`scratch_database`] made, closing its connections.
+pub async fn drop_database(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::{Connection, Executor};
+
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = url.rsplit_once('/').map_or(url, |(_, name)| name);
+    let mut admin = sqlx::PgConnection::connect(&base).await?;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await?;
+    Ok(())
+}
