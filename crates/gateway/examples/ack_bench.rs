@@ -76,7 +76,10 @@ async fn run(args: &Args, database: &str, prefix: &str) -> anyhow::Result<()> {
     let warmup = 20;
     let total = warmup + args.interactions;
     let mut ids = Vec::with_capacity(total);
-    for wave in (0..total).collect::<Vec<_>>().chunks(args.concurrency.max(1)) {
+    for wave in (0..total)
+        .collect::<Vec<_>>()
+        .chunks(args.concurrency.max(1))
+    {
         let sent = wave.iter().map(|i| {
             let user = User::new(1000 + (*i as u64 % 100), "bench");
             let prompt = format!("a lighthouse number {i} --steps 1");
@@ -90,12 +93,20 @@ async fn run(args: &Args, database: &str, prefix: &str) -> anyhow::Result<()> {
         // at the same microsecond anyway.
         let pending = wave_ids.clone();
         discord
-            .wait_for(Duration::from_secs(30), "a wave acknowledged", move |state| {
-                pending
-                    .iter()
-                    .all(|id| state.interaction(*id).is_some_and(|i| i.response_type.is_some()))
-                    .then_some(())
-            })
+            .wait_for(
+                Duration::from_secs(30),
+                "a wave acknowledged",
+                move |state| {
+                    pending
+                        .iter()
+                        .all(|id| {
+                            state
+                                .interaction(*id)
+                                .is_some_and(|i| i.response_type.is_some())
+                        })
+                        .then_some(())
+                },
+            )
             .await;
         ids.extend(wave_ids);
     }
@@ -137,7 +148,11 @@ async fn run(args: &Args, database: &str, prefix: &str) -> anyhow::Result<()> {
     println!("| max | {} | |", ms(at(1.0)));
     println!(
         "p99 {} the target",
-        if at(0.99) < TARGET_P99 { "meets" } else { "misses" }
+        if at(0.99) < TARGET_P99 {
+            "meets"
+        } else {
+            "misses"
+        }
     );
     Ok(())
 }
