@@ -18,7 +18,7 @@ use serde::Deserialize;
 pub enum SettingsError {
     #[error("configuration: {0}")]
     Parse(#[from] config::ConfigError),
-    #[error("configuration: cannot read the secret file {}: {source}", path.display())]
+    #[error("configuration: cannot read the secret file {}", path.display())]
     SecretFile {
         path: PathBuf,
         #[source]
