@@ -89,6 +89,9 @@ impl Gateway {
                  (or HUAXIAN__DISCORD__TOKEN)"
             );
         }
+        if let Some(shards) = &settings.discord.shards {
+            shards.check().map_err(anyhow::Error::msg)?;
+        }
         let database_url = settings.database.url.reveal().context("[database] url")?;
         let store = Store::connect(
             &database_url,
@@ -182,8 +185,20 @@ impl Gateway {
         tasks.spawn(manage::sample_queue(app.clone(), shutdown.clone()));
 
         let shards = self.client.shard_manager.clone();
+        let range = app.settings.discord.shards;
+        let connect = async {
+            match range {
+                // serenity's range end is the last shard, inclusive.
+                Some(range) => {
+                    self.client
+                        .start_shard_range(range.first..range.last, range.total)
+                        .await
+                }
+                None => self.client.start_autosharded().await,
+            }
+        };
         let outcome = tokio::select! {
-            started = self.client.start() => started.context("the Discord connection failed"),
+            started = connect => started.context("the Discord connection failed"),
             _ = shutdown.wait_for(|stop| *stop) => Ok(()),
         };
         info!("gateway stopping");

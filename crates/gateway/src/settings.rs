@@ -62,6 +62,34 @@ pub struct DiscordSettings {
     /// Hosts image attachments are downloaded from; nothing else is fetched.
     #[serde(default = "default_attachment_hosts")]
     pub attachment_hosts: Vec<String>,
+    /// The shards this process runs, for bots in enough guilds to need several gateway
+    /// processes; without it, the process runs every shard Discord recommends.
+    #[serde(default)]
+    pub shards: Option<ShardSettings>,
+}
+
+/// `[discord.shards]`: a range of the bot's shards.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct ShardSettings {
+    /// First shard this process runs.
+    pub first: u32,
+    /// Last shard this process runs (inclusive).
+    pub last: u32,
+    /// Shards of the whole bot.
+    pub total: u32,
+}
+
+impl ShardSettings {
+    /// Checks the range; the message says what to change.
+    pub fn check(&self) -> Result<(), String> {
+        if self.total == 0 || self.first > self.last || self.last >= self.total {
+            return Err(format!(
+                "[discord.shards] first = {}, last = {}, total = {}: need first ≤ last < total",
+                self.first, self.last, self.total
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[gateway]`.

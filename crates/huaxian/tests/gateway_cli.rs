@@ -39,6 +39,13 @@ fn bad_configuration_says_what_to_change() {
     assert_eq!(code, Some(2));
     assert!(text.contains("HUAXIAN__DISCORD__TOKEN"), "{text}");
 
+    let shards = format!(
+        "{SERVICES}[discord]\ntoken = \"t\"\n[discord.shards]\nfirst = 2\nlast = 4\ntotal = 4\n"
+    );
+    let (code, text) = run(dir.path(), &shards);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("[discord.shards]"), "{text}");
+
     // Postgres is unreachable here: the error names the setting, not the password.
     let (code, text) = run(
         dir.path(),
