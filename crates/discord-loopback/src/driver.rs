@@ -51,6 +51,8 @@ pub struct Slash {
     ///
     /// An option of type 11 (attachment) may name its file by filename or by
     /// index into `attachments`; the fake rewrites it to the attachment id.
+    /// A user option (type 6) gets its user in `data.resolved.users`, and in a
+    /// guild a member in `data.resolved.members`, as Discord sends them.
     pub options: Value,
     /// Files for attachment options: served on the plain listener and listed
     /// in `data.resolved.attachments`.
@@ -217,6 +219,20 @@ impl Loopback {
             if !resolved.is_empty() {
                 data["resolved"] = json!({ "attachments": resolved });
             }
+            let mut users = Vec::new();
+            user_options(&options, &mut users);
+            if !users.is_empty() {
+                // Discord resolves every user option: the user, and in a guild the member.
+                let resolved = &mut data["resolved"];
+                for user_id in users {
+                    let key = user_id.to_string();
+                    let name = format!("user{user_id}");
+                    resolved["users"][&key] = payloads::user(user_id, &name, false);
+                    if command.guild_id.is_some() {
+                        resolved["members"][&key] = payloads::resolved_member();
+                    }
+                }
+            }
             if let Some(guild_id) = command.guild_id {
                 data["guild_id"] = payloads::id(guild_id);
             }
@@ -230,6 +246,60 @@ impl Loopback {
     /// Panics if the message does not exist or has no enabled component with
     /// this `custom_id`: a real user could not click it either.
     pub async fn click(&self, user: &User, message_id: u64, custom_id: &str) -> Interaction {
+        let (message, component) = self.component_on(message_id, custom_id, "click");
+        let component_type = component["type"].as_u64().unwrap_or(2);
+        let mut data = json!({ "custom_id": custom_id, "component_type": component_type });
+        if component_type != 2 {
+            data["values"] = json!([]);
+        }
+        self.use_component(user, &message, data).await
+    }
+
+    /// Chooses `values` in a string select menu (type 3, component_type 3) on a
+    /// stored message, ephemeral ones included.
+    ///
+    /// Panics, as Discord's client would not let a user do it, if the message
+    /// has no enabled string select with this `custom_id`, if a value is not
+    /// one of its options' values, or if the number of values lies outside
+    /// its `min_values..=max_values` (1..=1 when absent).
+    pub async fn select(
+        &self,
+        user: &User,
+        message_id: u64,
+        custom_id: &str,
+        values: &[&str],
+    ) -> Interaction {
+        let (message, menu) = self.component_on(message_id, custom_id, "select in");
+        assert_eq!(
+            menu["type"].as_u64(),
+            Some(3),
+            "component {custom_id:?} on message {message_id} is not a string select: {menu}"
+        );
+        let offered: Vec<&str> = menu["options"]
+            .as_array()
+            .map(|options| options.iter().filter_map(|o| o["value"].as_str()).collect())
+            .unwrap_or_default();
+        for value in values {
+            assert!(
+                offered.contains(value),
+                "{value:?} is not an option of {custom_id:?} on message {message_id}; \
+                 it offers {offered:?}"
+            );
+        }
+        let min = menu["min_values"].as_u64().unwrap_or(1) as usize;
+        let max = menu["max_values"].as_u64().unwrap_or(1) as usize;
+        assert!(
+            (min..=max).contains(&values.len()),
+            "{custom_id:?} takes {min} to {max} values, not {}",
+            values.len()
+        );
+        let data = json!({ "custom_id": custom_id, "component_type": 3, "values": values });
+        self.use_component(user, &message, data).await
+    }
+
+    /// The message and its enabled component `custom_id`; panics with a dump
+    /// when there is none, since a real user could not `verb` it either.
+    fn component_on(&self, message_id: u64, custom_id: &str, verb: &str) -> (Message, Value) {
         let found = self.with_state(|s| {
             let message = s.message(message_id)?;
             let component = message
@@ -241,7 +311,7 @@ impl Loopback {
         });
         let Some((message, component)) = found else {
             panic!(
-                "no component {custom_id:?} on message {message_id} to click\n{}",
+                "no component {custom_id:?} on message {message_id} to {verb}\n{}",
                 self.dump()
             );
         };
@@ -249,23 +319,20 @@ impl Loopback {
             component["disabled"].as_bool() != Some(true),
             "component {custom_id:?} on message {message_id} is disabled"
         );
-        let component_type = component["type"].as_u64().unwrap_or(2);
+        (message, component)
+    }
+
+    /// Sends a component interaction on `message` with `data`.
+    async fn use_component(&self, user: &User, message: &Message, data: Value) -> Interaction {
         let guild_id = self.with_state(|s| s.channel_guilds.get(&message.channel_id).copied());
         let plan = Plan {
             kind: 3,
             user: user.clone(),
             guild_id,
             channel_id: message.channel_id,
-            component_message: Some(message_id),
+            component_message: Some(message.id),
         };
-        self.dispatch(plan, |_, _| {
-            let mut data = json!({ "custom_id": custom_id, "component_type": component_type });
-            if component_type != 2 {
-                data["values"] = json!([]);
-            }
-            data
-        })
-        .await
+        self.dispatch(plan, |_, _| data.clone()).await
     }
 
     /// Sends an autocomplete request (type 4); mark the typed option with `"focused": true`.
@@ -398,6 +465,24 @@ fn command_id(world: &mut World, guild_id: Option<u64>, name: &str) -> u64 {
         .and_then(|c| c["id"].as_str())
         .and_then(|id| id.parse().ok());
     registered.unwrap_or_else(|| world.next_id())
+}
+
+/// The ids of the users named by user options (type 6), subcommands included.
+fn user_options(options: &Value, found: &mut Vec<u64>) {
+    for option in options.as_array().into_iter().flatten() {
+        if let Some(nested) = option.get("options") {
+            user_options(nested, found);
+        }
+        if option.get("type").and_then(Value::as_u64) != Some(6) {
+            continue;
+        }
+        let id = match option.get("value") {
+            Some(Value::String(id)) => id.parse().ok(),
+            Some(Value::Number(id)) => id.as_u64(),
+            _ => None,
+        };
+        found.extend(id);
+    }
 }
 
 /// Rewrites attachment options that name a file (by filename or index) to its id.

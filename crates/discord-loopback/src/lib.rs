@@ -11,14 +11,15 @@
 //!
 //! The fake plays Discord and its users at once. The test is the user: it
 //! types a slash command ([`Loopback::slash`]), clicks a button
-//! ([`Loopback::click`]) or types into an autocompleted option
-//! ([`Loopback::autocomplete`]); each becomes an INTERACTION_CREATE on the
-//! bot's newest ready gateway session. The bot answers over REST, and the fake
-//! keeps what Discord would keep: messages with their content, embeds,
-//! components and files, and every request with the answer it got. The test
-//! then waits for the state it expects with [`Loopback::wait_for`], which
-//! re-checks on every change and, on timeout, panics with a dump of recent
-//! requests and messages.
+//! ([`Loopback::click`]), chooses in a select menu ([`Loopback::select`]) or
+//! types into an autocompleted option ([`Loopback::autocomplete`]); each
+//! becomes an INTERACTION_CREATE on the bot's newest ready gateway session.
+//! The bot answers over REST, and the fake keeps what Discord would keep:
+//! messages with their content, embeds, components and files (ephemeral ones
+//! too, so their menus can be used), and every request with the answer it
+//! got. The test then waits for the state it expects with
+//! [`Loopback::wait_for`], which re-checks on every change and, on timeout,
+//! panics with a dump of recent requests and messages.
 //!
 //! # Rules enforced
 //!

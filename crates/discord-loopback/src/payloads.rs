@@ -64,6 +64,21 @@ pub(crate) fn member(user_json: Value, roles: &[u64], permissions: u64) -> Value
     })
 }
 
+/// A member as `data.resolved.members` lists it: without `user`, `deaf` and `mute`.
+pub(crate) fn resolved_member() -> Value {
+    json!({
+        "nick": null,
+        "avatar": null,
+        "roles": [],
+        "joined_at": JOINED_AT,
+        "premium_since": null,
+        "flags": 0,
+        "pending": false,
+        "permissions": "0",
+        "communication_disabled_until": null,
+    })
+}
+
 /// The `d` of READY.
 pub(crate) fn ready(shared: &Shared, session_id: &str, shard: Option<&Value>) -> Value {
     let mut d = json!({

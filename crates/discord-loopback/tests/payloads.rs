@@ -10,8 +10,8 @@ mod common;
 use huaxian_discord_loopback::{Loopback, Slash, User};
 use serde_json::{json, Value};
 use serenity::all::{
-    BotGateway, Command, CurrentApplicationInfo, CurrentUser, Event, GatewayEvent, Interaction,
-    Message, ResolvedValue,
+    BotGateway, Command, ComponentInteractionDataKind, CurrentApplicationInfo, CurrentUser, Event,
+    GatewayEvent, Interaction, Message, ResolvedValue,
 };
 
 fn interaction_of(frame: Value) -> Interaction {
@@ -143,6 +143,60 @@ async fn button_click_parses_with_the_full_message() {
     assert_eq!(click.message.id.get(), message_id);
     assert_eq!(click.message.components.len(), 1);
     assert_eq!(click.message.embeds[0].title.as_deref(), Some("done"));
+}
+
+#[tokio::test]
+async fn user_options_resolve_to_the_user_and_member() {
+    let discord = Loopback::start().await;
+    let (mut socket, _) = common::identify(&discord).await;
+    let options = json!([{"name": "ban", "type": 1, "options": [
+        {"name": "user", "type": 6, "value": "77"}]}]);
+    let slash = Slash::new(User::new(42, "alice"), Some(7), 8, "admin").options(options);
+    discord.slash(slash).await;
+
+    let Interaction::Command(command) = interaction_of(common::next_json(&mut socket).await) else {
+        panic!("not a command")
+    };
+    let options = command.data.options();
+    let ResolvedValue::SubCommand(args) = &options[0].value else {
+        panic!("not a subcommand: {:?}", options[0].value)
+    };
+    let ResolvedValue::User(user, member) = &args[0].value else {
+        panic!("user option did not resolve: {:?}", args[0].value)
+    };
+    assert_eq!(user.id.get(), 77);
+    assert!(member.is_some(), "a guild command resolves the member too");
+}
+
+#[tokio::test]
+async fn select_parses_as_a_string_select_with_its_values() {
+    let discord = Loopback::start().await;
+    let (mut socket, _) = common::identify(&discord).await;
+    let posted = common::post_message(
+        &discord,
+        8,
+        json!({"components": [{"type": 1, "components": [{
+            "type": 3, "custom_id": "size", "min_values": 1, "max_values": 2,
+            "options": [{"label": "S", "value": "s"}, {"label": "M", "value": "m"},
+                        {"label": "L", "value": "l"}],
+        }]}]}),
+    )
+    .await;
+    let message_id: u64 = posted["id"].as_str().unwrap().parse().unwrap();
+
+    let sent = discord
+        .select(&User::new(42, "alice"), message_id, "size", &["m", "l"])
+        .await;
+    assert_eq!(sent.message_id, Some(message_id));
+    let Interaction::Component(chose) = interaction_of(common::next_json(&mut socket).await) else {
+        panic!("not a component interaction")
+    };
+    assert_eq!(chose.data.custom_id, "size");
+    let ComponentInteractionDataKind::StringSelect { values } = &chose.data.kind else {
+        panic!("not a string select: {:?}", chose.data.kind)
+    };
+    assert_eq!(values, &["m", "l"]);
+    assert_eq!(chose.message.id.get(), message_id);
 }
 
 #[tokio::test]

@@ -1,14 +1,16 @@
 //! An unmodified serenity 0.12.5 client against the fake: READY, a slash
 //! command answered with a deferral and an edit carrying a file and buttons,
-//! a click on those buttons, and 429s that serenity waits out and retries.
+//! a click on those buttons, a choice in an ephemeral select menu, and 429s
+//! that serenity waits out and retries.
 
 use std::time::Duration;
 
 use huaxian_discord_loopback::{Loopback, Slash, User};
 use serenity::all::{
-    ButtonStyle, Client, ClientBuilder, Context, CreateActionRow, CreateAttachment, CreateButton,
-    CreateInteractionResponse, CreateInteractionResponseMessage, EditInteractionResponse,
-    EventHandler, GatewayIntents, HttpBuilder, Interaction, Ready,
+    ButtonStyle, Client, ClientBuilder, ComponentInteractionDataKind, Context, CreateActionRow,
+    CreateAttachment, CreateButton, CreateInteractionResponse, CreateInteractionResponseMessage,
+    CreateSelectMenu, CreateSelectMenuKind, CreateSelectMenuOption, EditInteractionResponse,
+    EventHandler, GatewayIntents, HttpBuilder, Interaction, MessageFlags, Ready,
 };
 use tokio::sync::mpsc;
 
@@ -24,6 +26,11 @@ enum Seen {
         message_id: u64,
         content: String,
     },
+    Select {
+        custom_id: String,
+        values: Vec<String>,
+        ephemeral: bool,
+    },
     Failed(String),
 }
 
@@ -34,6 +41,23 @@ struct Bot {
 impl Bot {
     async fn answer_command(&self, ctx: &Context, command: &serenity::all::CommandInteraction) {
         let result = async {
+            if command.data.name == "menu" {
+                let options = ["red", "green", "blue"]
+                    .into_iter()
+                    .map(|colour| CreateSelectMenuOption::new(colour, colour))
+                    .collect();
+                let menu =
+                    CreateSelectMenu::new("colour", CreateSelectMenuKind::String { options })
+                        .placeholder("Colour");
+                let message = CreateInteractionResponseMessage::new()
+                    .content("pick one")
+                    .ephemeral(true)
+                    .components(vec![CreateActionRow::SelectMenu(menu)]);
+                command
+                    .create_response(&ctx.http, CreateInteractionResponse::Message(message))
+                    .await?;
+                return Ok(());
+            }
             if command.data.name == "quick" {
                 let message = CreateInteractionResponseMessage::new().content("working");
                 command
@@ -78,13 +102,32 @@ impl EventHandler for Bot {
         match interaction {
             Interaction::Command(command) => self.answer_command(&ctx, &command).await,
             Interaction::Component(click) => {
-                let _ = self.seen.send(Seen::Click {
-                    custom_id: click.data.custom_id.clone(),
-                    message_id: click.message.id.get(),
-                    content: click.message.content.clone(),
-                });
-                let ack = click.create_response(&ctx.http, CreateInteractionResponse::Acknowledge);
-                if let Err(why) = ack.await {
+                let response = match &click.data.kind {
+                    ComponentInteractionDataKind::StringSelect { values } => {
+                        let _ = self.seen.send(Seen::Select {
+                            custom_id: click.data.custom_id.clone(),
+                            values: values.clone(),
+                            ephemeral: click
+                                .message
+                                .flags
+                                .is_some_and(|f| f.contains(MessageFlags::EPHEMERAL)),
+                        });
+                        let chosen = format!("chose {}", values.join(","));
+                        let message = CreateInteractionResponseMessage::new()
+                            .content(chosen)
+                            .components(Vec::new());
+                        CreateInteractionResponse::UpdateMessage(message)
+                    }
+                    _ => {
+                        let _ = self.seen.send(Seen::Click {
+                            custom_id: click.data.custom_id.clone(),
+                            message_id: click.message.id.get(),
+                            content: click.message.content.clone(),
+                        });
+                        CreateInteractionResponse::Acknowledge
+                    }
+                };
+                if let Err(why) = click.create_response(&ctx.http, response).await {
                     let _ = self.seen.send(Seen::Failed(why.to_string()));
                 }
             }
@@ -169,6 +212,58 @@ async fn serenity_defers_edits_with_a_file_and_sees_the_click() {
         )
         .await;
     assert_eq!(click.response(&discord).unwrap().id, grid.id);
+}
+
+#[tokio::test]
+async fn serenity_reads_a_choice_in_an_ephemeral_menu_and_updates_it() {
+    let discord = Loopback::start().await;
+    let mut seen = start_bot(&discord).await;
+
+    let asked = discord.slash(Slash::new(alice(), Some(7), 8, "menu")).await;
+    let menu = discord
+        .wait_for(Duration::from_secs(10), "the ephemeral menu", |state| {
+            state.original(asked.id).cloned()
+        })
+        .await;
+    assert_ne!(menu.flags & 64, 0, "the menu is ephemeral");
+    assert_eq!(menu.custom_ids(), ["colour"]);
+
+    let chose = discord
+        .select(&alice(), menu.id, "colour", &["green"])
+        .await;
+    let report = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .unwrap();
+    let expected = Seen::Select {
+        custom_id: "colour".into(),
+        values: vec!["green".into()],
+        ephemeral: true,
+    };
+    assert_eq!(report, Some(expected));
+    let updated = discord
+        .wait_for(Duration::from_secs(10), "the updated menu", |state| {
+            let answered = state.interaction(chose.id)?;
+            (answered.response_type == Some(7)).then_some(())?;
+            state.message(menu.id).cloned()
+        })
+        .await;
+    assert_eq!(updated.content, "chose green");
+    assert!(updated.components.is_empty());
+    assert_ne!(updated.flags & 64, 0, "still ephemeral");
+}
+
+#[tokio::test]
+#[should_panic(expected = "\"purple\" is not an option of \"colour\"")]
+async fn a_value_the_menu_does_not_offer_cannot_be_chosen() {
+    let discord = Loopback::start().await;
+    let _seen = start_bot(&discord).await;
+    let asked = discord.slash(Slash::new(alice(), Some(7), 8, "menu")).await;
+    let menu = discord
+        .wait_for(Duration::from_secs(10), "the ephemeral menu", |state| {
+            state.original(asked.id).map(|m| m.id)
+        })
+        .await;
+    discord.select(&alice(), menu, "colour", &["purple"]).await;
 }
 
 async fn retried_after_429(global: bool) {

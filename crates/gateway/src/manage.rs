@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use huaxian_store::{JobState, Lane, UserSettings};
+use huaxian_queue::DispatchError;
+use huaxian_store::{JobState, Lane, StoreError, UserSettings};
 use serenity::all::{
     CommandInteraction, ComponentInteraction, ComponentInteractionDataKind, CreateActionRow,
     CreateAutocompleteResponse, CreateEmbed, CreateInteractionResponse,
@@ -284,23 +285,20 @@ pub async fn info(app: &App, http: &Http, pending: &Pending) {
         let line = match job.state {
             JobState::Running => format!("▶ `{}` {prompt} — rendering", short(job.id)),
             _ => {
-                let ticket = huaxian_store::Ticket {
-                    job_id: job.id,
-                    user_id: job.user_id,
-                    lane: job.lane,
-                    model: job.model.clone(),
-                    pixels: 0,
-                    batch_key: String::new(),
-                    ready_at: None,
+                // The queue finds a job by its whole entry, size and batch key included,
+                // so the ticket comes from the store as it was enqueued.
+                let position = match store.ticket(job.id).await {
+                    Ok(ticket) => app.dispatcher.position(&ticket).await.ok().flatten(),
+                    Err(_) => None,
                 };
-                match app.dispatcher.position(&ticket).await {
-                    Ok(Some(p)) => format!(
+                match position {
+                    Some(p) => format!(
                         "⏳ `{}` {prompt} — position {}, about {} s",
                         short(job.id),
                         p.ahead + 1,
                         p.eta.as_secs().max(1)
                     ),
-                    _ => format!("⏳ `{}` {prompt} — waiting", short(job.id)),
+                    None => format!("⏳ `{}` {prompt} — waiting", short(job.id)),
                 }
             }
         };
@@ -395,14 +393,23 @@ pub async fn cancel_chosen(
             .private(app, http, "That menu is out of date; run /cancel again.")
             .await;
     };
-    // Only the job's owner: the store matches the job and the user together.
+    // Only the job's owner: the store matches the job and the user together. Anyone else
+    // is answered privately, and the menu stays as it was for its owner.
     let text = match app.dispatcher.cancel(job, pending.user_id as i64).await {
         Ok(true) => format!(
             "Job `{}` was cancelled and its fast time refunded.",
             short(job)
         ),
         Ok(false) => format!("Job `{}` had already ended.", short(job)),
-        Err(_) => "That job is not yours, or no longer exists.".to_string(),
+        Err(DispatchError::Store(StoreError::NoSuchJob(_))) => {
+            let text = "That job is not yours, or no longer exists; run /cancel to see yours.";
+            return pending.private(app, http, text).await;
+        }
+        Err(error) => {
+            warn!(%job, %error, "cancel failed");
+            let text = "Cancelling is unavailable right now; try again in a minute.";
+            return pending.private(app, http, text).await;
+        }
     };
     let message = CreateInteractionResponseMessage::new()
         .content(text)

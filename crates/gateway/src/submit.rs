@@ -115,7 +115,14 @@ pub async fn blend(app: &App, http: &Http, command: &CommandInteraction, pending
     }
     images.sort_by(|a, b| a.0.cmp(&b.0));
     if !(2..=5).contains(&images.len()) {
-        let text = format!("/blend takes 2 to 5 images; {} were given.", images.len());
+        let given = match images.len() {
+            1 => "only 1 was given".to_string(),
+            n => format!("{n} were given"),
+        };
+        let text = format!(
+            "/blend takes 2 to 5 images; {given}. Attach each to its own option: image1, \
+             image2 and so on."
+        );
         return pending.refuse(app, http, &text).await;
     }
     let Some(settings) = user_settings(app, http, pending).await else {

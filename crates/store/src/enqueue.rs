@@ -231,6 +231,9 @@ async fn existing(
     Ok(row.map(IntoTicket::into_ticket))
 }
 
+/// The columns of a job that make its [`Ticket`], in [`TicketRow`]'s order.
+pub(crate) const TICKET_COLUMNS: &str = "id, user_id, lane, model, pixels, batch_key, retry_at";
+
 /// The columns of a job that make its [`Ticket`].
 pub(crate) type TicketRow = (
     Uuid,

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{Job, JobKind, JobState, Lane, Store, StoreError, StoredImage};
+use crate::enqueue::{IntoTicket, TicketRow, TICKET_COLUMNS};
+use crate::{Job, JobKind, JobState, Lane, Store, StoreError, StoredImage, Ticket};
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct JobRecord {
@@ -77,6 +78,17 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         record.ok_or(StoreError::NoSuchJob(job_id))?.into_job()
+    }
+
+    /// The job's queue ticket as it was enqueued; the queue finds a waiting job's entry
+    /// (for its position) only by the whole ticket.
+    pub async fn ticket(&self, job_id: Uuid) -> Result<Ticket, StoreError> {
+        let row: Option<TicketRow> =
+            sqlx::query_as(&format!("SELECT {TICKET_COLUMNS} FROM jobs WHERE id = $1"))
+                .bind(job_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.ok_or(StoreError::NoSuchJob(job_id))?.into_ticket())
     }
 
     /// Several jobs in one query, in the order asked; a missing id is an error.

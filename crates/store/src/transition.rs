@@ -6,7 +6,7 @@ use sqlx::{Postgres, Transaction};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::enqueue::{IntoTicket, TicketRow};
+use crate::enqueue::{IntoTicket, TicketRow, TICKET_COLUMNS};
 use crate::quota::{lock_user, refund};
 use crate::{Store, StoreError, Ticket};
 
@@ -50,8 +50,6 @@ pub struct Expired {
     pub attempt: i32,
     pub failure: Failure,
 }
-
-const TICKET_COLUMNS: &str = "id, user_id, lane, model, pixels, batch_key, retry_at";
 
 impl Store {
     /// Extends the lease of a job the worker holds; `Stale` when it no longer does.

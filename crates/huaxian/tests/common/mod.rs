@@ -1,6 +1,10 @@
 //! What the process tests share: a deployment of its own (a `#[sqlx::test]` database, a
-//! Redis key prefix, a blob folder) and `huaxian worker` processes started on it.
+//! Redis key prefix, a blob folder), `huaxian worker` processes started on it, and for the
+//! Discord tests the gateway against a loopback Discord ([`bot`]). Each test binary uses
+//! only part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
+
+pub mod bot;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
