@@ -69,12 +69,7 @@ enum Delivered {
 
 /// Reads results and shows them until `shutdown`.
 pub async fn results(app: Arc<App>, http: Arc<Http>, mut shutdown: watch::Receiver<bool>) {
-    let consumer = app
-        .settings
-        .gateway
-        .consumer
-        .clone()
-        .unwrap_or_else(default_consumer);
+    let consumer = app.settings.gateway.consumer_name();
     let mut postponed: HashMap<String, (Instant, u32)> = HashMap::new();
     loop {
         if *shutdown.borrow() {
@@ -384,7 +379,9 @@ async fn progress_edit(app: &App, http: &Http, event: Progress) {
     let Ok(Some(note)) = note::get(app, event.job_id).await else {
         return;
     };
-    if !note.token_alive(app) {
+    // With several gateway processes, the one that showed the job edits its progress, so
+    // the 3-second spacing holds; any of them delivers the result.
+    if !note.token_alive(app) || !note.owned_by(&app.settings.gateway.consumer_name()) {
         return;
     }
     let percent = (u64::from(event.step) * 100) / u64::from(event.steps.max(1));
@@ -402,11 +399,4 @@ async fn progress_edit(app: &App, http: &Http, event: Progress) {
         count_error(app, &error);
         tracing::debug!(job = %event.job_id, %error, "progress edit dropped");
     }
-}
-
-fn default_consumer() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "gateway".into())
 }

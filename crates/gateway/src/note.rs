@@ -30,9 +30,18 @@ pub struct Note {
     pub attachment_limit: u64,
     /// The job as the message describes it: prompt and parameters, already shortened.
     pub title: String,
+    /// The gateway process that showed the message (its consumer name); it alone edits
+    /// progress. Empty: any.
+    #[serde(default)]
+    pub owner: String,
 }
 
 impl Note {
+    /// Whether the gateway process named `consumer` edits this job's progress.
+    pub fn owned_by(&self, consumer: &str) -> bool {
+        self.owner.is_empty() || self.owner == consumer
+    }
+
     /// Whether the token can still edit the message, with the configured margin.
     pub fn token_alive(&self, app: &App) -> bool {
         let age_ms = chrono::Utc::now().timestamp_millis() - self.received_ms;

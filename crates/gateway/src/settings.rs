@@ -124,6 +124,16 @@ impl Default for GatewaySettings {
 }
 
 impl GatewaySettings {
+    /// This process's name among the gateways: [`GatewaySettings::consumer`], else the
+    /// host name.
+    pub fn consumer_name(&self) -> String {
+        self.consumer
+            .clone()
+            .filter(|name| !name.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "gateway".into())
+    }
+
     /// [`GatewaySettings::progress_edit_s`] as a duration, never below half a second.
     pub fn progress_every(&self) -> Duration {
         Duration::from_secs_f64(self.progress_edit_s.clamp(0.5, 3600.0))

@@ -433,6 +433,7 @@ async fn queue(app: &App, http: &Http, pending: &Pending, jobs: Vec<NewJob>) {
             user_id: pending.user_id,
             attachment_limit: limit,
             title,
+            owner: app.settings.gateway.consumer_name(),
         };
         if let Err(error) = note::put(app, ticket.job_id, &job_note).await {
             warn!(job = %ticket.job_id, %error, "note not kept; the result goes to the channel");
