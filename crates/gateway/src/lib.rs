@@ -20,6 +20,7 @@
 //! everything else through `huaxian-store`.
 
 pub mod buttons;
+pub mod command;
 mod commands;
 mod deliver;
 pub mod fit;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use huaxian_engine::{parse_device_and_dtype, LoadOptions};
+use huaxian_service::wait_for_signal;
 use huaxian_worker::{Settings, Worker};
 use tch::Kind;
 use tokio::sync::watch;
@@ -45,20 +46,4 @@ pub fn run(args: Args) -> Result<()> {
         });
         worker.run(shutdown).await
     })
-}
-
-/// Resolves on SIGTERM (what orchestrators send) or Ctrl-C.
-pub(crate) async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -7,7 +7,9 @@
 pub mod blob;
 pub mod http;
 pub mod settings;
+mod signal;
 
 pub use blob::{BlobError, BlobStore};
 pub use http::{serve, Health};
 pub use settings::{load, CapsSettings, DatabaseSettings, RedisSettings, Secret, SettingsError};
+pub use signal::wait_for_signal;
