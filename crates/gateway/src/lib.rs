@@ -77,6 +77,8 @@ pub struct Options {
 pub struct Gateway {
     app: Arc<App>,
     client: serenity::Client,
+    /// The metrics endpoint, serving from [`Gateway::start`] on.
+    endpoint: Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 impl Gateway {
@@ -136,7 +138,37 @@ impl Gateway {
                 .event_handler(handler::Handler { app: app.clone() })
                 .await
                 .context("building the Discord client")?;
-        Ok(Self { app, client })
+        let endpoint = match app.settings.gateway.metrics_addr {
+            Some(addr) => {
+                let ready = app.clone();
+                let health: Health = Arc::new(move || {
+                    if ready.ready.load(Ordering::Relaxed) {
+                        Ok(())
+                    } else {
+                        Err("not connected to Discord".into())
+                    }
+                });
+                let (bound, server) =
+                    huaxian_service::serve(addr, app.metrics.registry.clone(), health)
+                        .await
+                        .with_context(|| {
+                            format!("serving metrics on {addr} ([gateway] metrics_addr)")
+                        })?;
+                info!(%bound, "metrics and health endpoint up");
+                Some((bound, server))
+            }
+            None => None,
+        };
+        Ok(Self {
+            app,
+            client,
+            endpoint,
+        })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when configured.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The gateway's metrics.
@@ -151,22 +183,7 @@ impl Gateway {
         let http: Arc<Http> = self.client.http.clone();
         let mut tasks = tokio::task::JoinSet::new();
 
-        if let Some(addr) = app.settings.gateway.metrics_addr {
-            let ready = app.clone();
-            let health: Health = Arc::new(move || {
-                if ready.ready.load(Ordering::Relaxed) {
-                    Ok(())
-                } else {
-                    Err("not connected to Discord".into())
-                }
-            });
-            let (bound, server) =
-                huaxian_service::serve(addr, app.metrics.registry.clone(), health)
-                    .await
-                    .with_context(|| {
-                        format!("serving metrics on {addr} ([gateway] metrics_addr)")
-                    })?;
-            info!(%bound, "metrics and health endpoint up");
+        if let Some((_, server)) = self.endpoint.take() {
             let mut stop = shutdown.clone();
             tasks.spawn(async move {
                 let _ = stop.wait_for(|stop| *stop).await;

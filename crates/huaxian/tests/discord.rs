@@ -331,6 +331,23 @@ async fn refusals_are_ephemeral_and_make_no_job(pool: PgPool) {
         .await;
     assert_eq!(choices[0]["value"], "tiny");
 
+    // Operators see it: ready, and the refusals and acknowledgements counted.
+    assert_eq!(bot.get("/readyz").await.0, 200);
+    assert_eq!(bot.get("/healthz").await.0, 200);
+    let (status, metrics) = bot.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            r#"huaxian_gateway_interactions_total{command="imagine",outcome="refused"} 3"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("huaxian_gateway_ack_seconds_count"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(bot.discord.bot_token()));
+
     bot.stop_gateway().await;
     bot.deployment.flush().await;
 }

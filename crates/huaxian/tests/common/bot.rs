@@ -33,6 +33,8 @@ pub struct Bot {
     pub deployment: Deployment,
     pub discord: Loopback,
     settings_path: PathBuf,
+    /// Where the running gateway serves `/metrics`, `/healthz` and `/readyz`.
+    pub metrics: Option<std::net::SocketAddr>,
     running: Option<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -76,6 +78,9 @@ token = "{token}"
 guild_id = {GUILD}
 admin_users = [{ADMIN}]
 attachment_hosts = ["127.0.0.1"]
+
+[gateway]
+metrics_addr = "127.0.0.1:0"
 "#,
             database = deployment.database_url,
             redis = huaxian_testkit::redis_url(),
@@ -88,6 +93,7 @@ attachment_hosts = ["127.0.0.1"]
             deployment,
             discord,
             settings_path,
+            metrics: None,
             running: None,
         };
         bot.start_gateway().await;
@@ -100,6 +106,7 @@ attachment_hosts = ["127.0.0.1"]
             discord_client: Some(self.discord.http_client()),
         };
         let gateway = Gateway::start(settings, options).await.unwrap();
+        self.metrics = gateway.metrics_addr();
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(gateway.run(shutdown));
         self.running = Some((stop, task));
@@ -119,6 +126,28 @@ attachment_hosts = ["127.0.0.1"]
             .expect("gateway stops within 30 s")
             .unwrap()
             .unwrap();
+    }
+
+    /// `GET path` on the gateway's metrics endpoint: the status and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let addr = self.metrics.expect("a metrics endpoint");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 
     /// Stops the gateway and removes the test's Redis keys.
