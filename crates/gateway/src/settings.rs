@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use huaxian_prompt::Limits;
+pub use huaxian_service::BlobSettings;
 use huaxian_service::{CapsSettings, DatabaseSettings, RedisSettings, Secret};
 use serde::Deserialize;
 
@@ -23,25 +24,6 @@ pub struct Settings {
     pub discord: DiscordSettings,
     #[serde(default)]
     pub gateway: GatewaySettings,
-}
-
-/// `[blob]`: where the workers put images, read here to attach them.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
-pub struct BlobSettings {
-    /// A folder, `file:///dir`, or `s3://bucket/prefix`; the same as the workers'.
-    pub url: String,
-    /// Largest image attachment a user may give (`/blend`, `/imagine image:`), in bytes.
-    pub max_input_bytes: u64,
-}
-
-impl Default for BlobSettings {
-    fn default() -> Self {
-        Self {
-            url: "data/blobs".into(),
-            max_input_bytes: 25 << 20,
-        }
-    }
 }
 
 /// `[discord]`: the bot and who may run `/admin`.

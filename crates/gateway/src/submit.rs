@@ -79,13 +79,7 @@ pub async fn imagine(app: &App, http: &Http, command: &CommandInteraction, pendi
             estimate_ms: estimate_ms(app, &spec, 4),
             inputs: inputs.clone(),
             part: part as i16,
-            guild_id: pending.guild_id.map(|g| g as i64),
-            ..NewJob::imagine(
-                spec,
-                pending.user_id as i64,
-                pending.id.get() as i64,
-                pending.channel_id as i64,
-            )
+            ..new_job(pending, spec)
         })
         .collect();
     queue(app, http, pending, jobs).await;
@@ -154,13 +148,7 @@ pub async fn blend(app: &App, http: &Http, command: &CommandInteraction, pending
         lane: settings.lane.unwrap_or(Lane::Fast),
         estimate_ms: estimate_ms(app, &spec, 4),
         inputs,
-        guild_id: pending.guild_id.map(|g| g as i64),
-        ..NewJob::imagine(
-            spec,
-            pending.user_id as i64,
-            pending.id.get() as i64,
-            pending.channel_id as i64,
-        )
+        ..new_job(pending, spec)
     };
     queue(app, http, pending, vec![job]).await;
 }
@@ -207,6 +195,15 @@ pub async fn button(app: &App, http: &Http, pending: &Pending, action: Action, p
         estimate_ms: estimate,
         parent: Some((parent.id, action.key())),
         image_index: action.image_index().map(i16::from),
+        ..new_job(pending, spec)
+    };
+    queue(app, http, pending, vec![job]).await;
+}
+
+/// A job of `spec` for the interaction's user, guild and channel; set the fields that
+/// differ.
+fn new_job(pending: &Pending, spec: JobSpec) -> NewJob {
+    NewJob {
         guild_id: pending.guild_id.map(|g| g as i64),
         ..NewJob::imagine(
             spec,
@@ -214,8 +211,7 @@ pub async fn button(app: &App, http: &Http, pending: &Pending, action: Action, p
             pending.id.get() as i64,
             pending.channel_id as i64,
         )
-    };
-    queue(app, http, pending, vec![job]).await;
+    }
 }
 
 /// The spec of the job a button makes from its parent.

@@ -11,5 +11,7 @@ mod signal;
 
 pub use blob::{BlobError, BlobStore};
 pub use http::{serve, Health};
-pub use settings::{load, CapsSettings, DatabaseSettings, RedisSettings, Secret, SettingsError};
+pub use settings::{
+    load, BlobSettings, CapsSettings, DatabaseSettings, RedisSettings, Secret, SettingsError,
+};
 pub use signal::wait_for_signal;

@@ -98,6 +98,27 @@ pub struct RedisSettings {
     pub prefix: String,
 }
 
+/// `[blob]`: where images are stored. Workers write results there and read the images
+/// users gave; the gateway writes those and reads results.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct BlobSettings {
+    /// A folder, `file:///dir`, or `s3://bucket/prefix`; the same for every service.
+    pub url: String,
+    /// Largest input image (blend inputs, image prompts) a user may give and a worker
+    /// reads, in bytes.
+    pub max_input_bytes: u64,
+}
+
+impl Default for BlobSettings {
+    fn default() -> Self {
+        Self {
+            url: "data/blobs".into(),
+            max_input_bytes: 25 << 20,
+        }
+    }
+}
+
 /// `[caps]`: per-user and per-guild limits, the fast-lane quota and the retry policy. Every
 /// service reads the same section, so the gateway and the workers enforce the same caps.
 #[derive(Clone, Debug, Deserialize)]

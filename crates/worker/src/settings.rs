@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use huaxian_service::BlobSettings;
 use huaxian_service::{CapsSettings, DatabaseSettings, RedisSettings};
 use serde::Deserialize;
 
@@ -18,25 +19,6 @@ pub struct Settings {
     #[serde(default)]
     pub caps: CapsSettings,
     pub worker: WorkerSettings,
-}
-
-/// `[blob]`: where images are stored.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
-pub struct BlobSettings {
-    /// A folder, `file:///dir`, or `s3://bucket/prefix`.
-    pub url: String,
-    /// Largest input image (blend inputs, image prompts) the worker reads, in bytes.
-    pub max_input_bytes: u64,
-}
-
-impl Default for BlobSettings {
-    fn default() -> Self {
-        Self {
-            url: "data/blobs".into(),
-            max_input_bytes: 25 << 20,
-        }
-    }
 }
 
 /// `[[worker.models]]`: one model the worker loads at start and keeps resident.
