@@ -702,21 +702,44 @@ fn short(job: Uuid) -> String {
     job.simple().to_string()[..8].to_string()
 }
 
-/// Samples the queue depth per lane into the metrics every 15 s until `shutdown`.
+/// Samples the queue from the store into the metrics every 15 s until `shutdown`: depth and
+/// oldest age per lane, the last hour's wait and run quantiles, live workers, refunds.
 pub async fn sample_queue(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let silence = chrono::Duration::seconds(WORKER_SILENCE_S);
     loop {
-        if let Ok(stats) = app.dispatcher.store().queue_stats().await {
+        let store = app.dispatcher.store();
+        if let Ok(stats) = store.queue_stats().await {
+            let metrics = &app.metrics;
             for lane in [Lane::Fast, Lane::Relax] {
-                let jobs = stats
-                    .queued
-                    .iter()
-                    .find(|d| d.lane == lane)
-                    .map_or(0, |d| d.jobs);
-                app.metrics
+                let depth = stats.queued.iter().find(|d| d.lane == lane);
+                let name = [lane.as_str()];
+                metrics
                     .queue_depth
-                    .with_label_values(&[lane.as_str()])
-                    .set(jobs);
+                    .with_label_values(&name)
+                    .set(depth.map_or(0, |d| d.jobs));
+                metrics
+                    .queue_oldest
+                    .with_label_values(&name)
+                    .set(depth.map_or(0.0, |d| d.oldest_s));
             }
+            for (quantile, wait, run) in [
+                ("0.5", stats.wait_p50_s, stats.run_p50_s),
+                ("0.95", stats.wait_p95_s, stats.run_p95_s),
+            ] {
+                let label = [quantile];
+                metrics
+                    .wait_seconds
+                    .with_label_values(&label)
+                    .set(wait.unwrap_or(0.0));
+                metrics
+                    .run_seconds
+                    .with_label_values(&label)
+                    .set(run.unwrap_or(0.0));
+            }
+            metrics.refunds_last_hour.set(stats.refunds_last_hour);
+        }
+        if let Ok(workers) = store.live_workers(silence).await {
+            app.metrics.workers_alive.set(workers.len() as i64);
         }
         if tokio::time::timeout(Duration::from_secs(15), shutdown.wait_for(|s| *s))
             .await

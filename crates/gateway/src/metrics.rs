@@ -1,7 +1,8 @@
 //! The gateway's Prometheus metrics.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry,
+    exponential_buckets, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 /// Everything `/metrics` shows for the gateway.
@@ -16,6 +17,16 @@ pub struct Metrics {
     pub discord_errors: IntCounterVec,
     /// Jobs waiting per lane, sampled from the store.
     pub queue_depth: IntGaugeVec,
+    /// Age of the oldest waiting job per lane, in seconds.
+    pub queue_oldest: GaugeVec,
+    /// Wait (queued to started) and run (started to succeeded) times of the last hour, by
+    /// `quantile` (0.5, 0.95), in seconds.
+    pub wait_seconds: GaugeVec,
+    pub run_seconds: GaugeVec,
+    /// Workers that heartbeat within the last 30 s.
+    pub workers_alive: IntGauge,
+    /// Fast-lane refunds in the last hour.
+    pub refunds_last_hour: IntGauge,
     /// Seconds from a result event being read to the result showing in Discord.
     pub delivery_seconds: Histogram,
     /// Results delivered, by how: `edit` (the interaction's message), `channel` (a channel
@@ -72,6 +83,40 @@ impl Metrics {
             &["path"],
         )
         .expect("valid metric");
+        let queue_oldest = GaugeVec::new(
+            Opts::new(
+                "huaxian_gateway_queue_oldest_seconds",
+                "Age of the oldest waiting job, per lane",
+            ),
+            &["lane"],
+        )
+        .expect("valid metric");
+        let wait_seconds = GaugeVec::new(
+            Opts::new(
+                "huaxian_gateway_job_wait_seconds",
+                "Queued-to-started time of the last hour's jobs, by quantile",
+            ),
+            &["quantile"],
+        )
+        .expect("valid metric");
+        let run_seconds = GaugeVec::new(
+            Opts::new(
+                "huaxian_gateway_job_run_seconds",
+                "Started-to-succeeded time of the last hour's jobs, by quantile",
+            ),
+            &["quantile"],
+        )
+        .expect("valid metric");
+        let workers_alive = IntGauge::new(
+            "huaxian_gateway_workers_alive",
+            "Workers that heartbeat within the last 30 s",
+        )
+        .expect("valid metric");
+        let refunds_last_hour = IntGauge::new(
+            "huaxian_gateway_refunds_last_hour",
+            "Fast-lane refunds in the last hour",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(interactions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ack_seconds.clone()),
@@ -79,6 +124,11 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(delivery_seconds.clone()),
             Box::new(deliveries.clone()),
+            Box::new(queue_oldest.clone()),
+            Box::new(wait_seconds.clone()),
+            Box::new(run_seconds.clone()),
+            Box::new(workers_alive.clone()),
+            Box::new(refunds_last_hour.clone()),
         ] {
             registry
                 .register(collector)
@@ -92,6 +142,11 @@ impl Metrics {
             queue_depth,
             delivery_seconds,
             deliveries,
+            queue_oldest,
+            wait_seconds,
+            run_seconds,
+            workers_alive,
+            refunds_last_hour,
         }
     }
 }

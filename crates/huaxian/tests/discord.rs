@@ -347,6 +347,15 @@ async fn refusals_are_ephemeral_and_make_no_job(pool: PgPool) {
         "{metrics}"
     );
     assert!(!metrics.contains(bot.discord.bot_token()));
+    for gauge in [
+        "huaxian_gateway_queue_depth",
+        "huaxian_gateway_queue_oldest_seconds",
+        "huaxian_gateway_job_wait_seconds",
+        "huaxian_gateway_workers_alive",
+        "huaxian_gateway_refunds_last_hour",
+    ] {
+        assert!(metrics.contains(gauge), "{gauge} missing from {metrics}");
+    }
 
     bot.stop_gateway().await;
     bot.deployment.flush().await;

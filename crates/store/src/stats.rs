@@ -22,6 +22,8 @@ pub struct QueueStats {
     pub succeeded_last_hour: i64,
     pub failed_last_hour: i64,
     pub cancelled_last_hour: i64,
+    /// Fast-lane reservations given back in the last hour (failures and cancellations).
+    pub refunds_last_hour: i64,
 }
 
 /// The waiting jobs of one lane.
@@ -82,6 +84,12 @@ impl Store {
         )
         .fetch_one(&self.pool)
         .await?;
+        let refunds_last_hour: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM quota_ledger \
+             WHERE reason = 'refund' AND created_at > now() - interval '1 hour'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(QueueStats {
             queued: lanes
                 .into_iter()
@@ -99,6 +107,7 @@ impl Store {
             succeeded_last_hour: succeeded,
             failed_last_hour: failed,
             cancelled_last_hour: cancelled,
+            refunds_last_hour,
         })
     }
 }
