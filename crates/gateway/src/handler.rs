@@ -12,7 +12,7 @@ use serenity::async_trait;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::reply::Pending;
-use crate::{buttons, commands, manage, submit, App};
+use crate::{admin, buttons, commands, manage, submit, App};
 
 pub struct Handler {
     pub app: Arc<App>,
@@ -90,7 +90,7 @@ impl Handler {
             }
             "admin" => {
                 pending.what = "admin";
-                manage::admin(app, http, &command, &pending).await;
+                admin::admin(app, http, &command, &pending).await;
             }
             other => {
                 warn!(

@@ -19,6 +19,7 @@
 //! The gateway never touches tensors and writes no SQL: jobs go through `huaxian-queue`,
 //! everything else through `huaxian-store`.
 
+mod admin;
 pub mod buttons;
 pub mod command;
 mod commands;
