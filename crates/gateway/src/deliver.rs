@@ -329,7 +329,10 @@ async fn edit(http: &Http, note: &Note, shown: &Shown) -> Result<(), serenity::E
 /// Follows progress events and edits the jobs' messages until `shutdown`.
 pub async fn progress(app: Arc<App>, http: Arc<Http>, shutdown: watch::Receiver<bool>) {
     let every = app.settings.gateway.progress_every();
-    let mut last_edit: HashMap<Uuid, Instant> = HashMap::new();
+    // When each job's message was last edited: set as an edit starts, so no second one is
+    // started meanwhile, and again when it is done, so the spacing holds between the edits
+    // as Discord receives them, however long one took.
+    let last_edit: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
     let mut after = "$".to_string();
     loop {
         if *shutdown.borrow() {
@@ -355,15 +358,20 @@ pub async fn progress(app: Arc<App>, http: Arc<Http>, shutdown: watch::Receiver<
         for event in events {
             newest.insert(event.job_id, event);
         }
+        let mut edited = last_edit.lock().unwrap_or_else(|e| e.into_inner());
         for (job, event) in newest {
-            if last_edit.get(&job).is_some_and(|at| at.elapsed() < every) {
+            if edited.get(&job).is_some_and(|at| at.elapsed() < every) {
                 continue;
             }
-            last_edit.insert(job, Instant::now());
-            let (app, http) = (app.clone(), http.clone());
-            tokio::spawn(async move { progress_edit(&app, &http, event).await });
+            edited.insert(job, Instant::now());
+            let (app, http, last_edit) = (app.clone(), http.clone(), last_edit.clone());
+            tokio::spawn(async move {
+                progress_edit(&app, &http, event).await;
+                let mut edited = last_edit.lock().unwrap_or_else(|e| e.into_inner());
+                edited.insert(job, Instant::now());
+            });
         }
-        last_edit.retain(|_, at| at.elapsed() < Duration::from_secs(3600));
+        edited.retain(|_, at| at.elapsed() < Duration::from_secs(3600));
     }
 }
 
