@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use huaxian_queue::{JobResult, Outcome, Progress};
+use huaxian_queue::{EventReader, JobResult, Outcome, Progress};
 use huaxian_store::{JobKind, StoreError};
 use serenity::all::{
     Builder, ChannelId, CreateActionRow, CreateAllowedMentions, CreateAttachment,
@@ -71,6 +71,7 @@ enum Delivered {
 pub async fn results(app: Arc<App>, http: Arc<Http>, mut shutdown: watch::Receiver<bool>) {
     let consumer = app.settings.gateway.consumer_name();
     let mut postponed: HashMap<String, (Instant, u32)> = HashMap::new();
+    let mut reader = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -80,8 +81,10 @@ pub async fn results(app: Arc<App>, http: Arc<Http>, mut shutdown: watch::Receiv
             let _ = tokio::time::timeout(Duration::from_millis(200), shutdown.changed()).await;
             continue;
         }
-        let deliveries = match app
-            .dispatcher
+        let Some(reader) = connected(&app, &mut reader).await else {
+            continue;
+        };
+        let deliveries = match reader
             .read_results(GROUP, &consumer, 16, Duration::from_secs(1))
             .await
         {
@@ -334,12 +337,15 @@ pub async fn progress(app: Arc<App>, http: Arc<Http>, shutdown: watch::Receiver<
     // as Discord receives them, however long one took.
     let last_edit: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
     let mut after = "$".to_string();
+    let mut reader = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let events = match app
-            .dispatcher
+        let Some(reader) = connected(&app, &mut reader).await else {
+            continue;
+        };
+        let events = match reader
             .read_progress(&after, 200, Duration::from_secs(1))
             .await
         {
@@ -363,34 +369,60 @@ pub async fn progress(app: Arc<App>, http: Arc<Http>, shutdown: watch::Receiver<
             if edited.get(&job).is_some_and(|at| at.elapsed() < every) {
                 continue;
             }
-            edited.insert(job, Instant::now());
+            let before = edited.insert(job, Instant::now());
             let (app, http, last_edit) = (app.clone(), http.clone(), last_edit.clone());
             tokio::spawn(async move {
-                progress_edit(&app, &http, event).await;
+                let sent = progress_edit(&app, &http, event).await;
                 let mut edited = last_edit.lock().unwrap_or_else(|e| e.into_inner());
-                edited.insert(job, Instant::now());
+                if sent {
+                    edited.insert(job, Instant::now());
+                } else if let Some(before) = before {
+                    // Nothing reached Discord: the spacing counts from the edit before.
+                    edited.insert(job, before);
+                } else {
+                    edited.remove(&job);
+                }
             });
         }
         edited.retain(|_, at| at.elapsed() < Duration::from_secs(3600));
     }
 }
 
-async fn progress_edit(app: &App, http: &Http, event: Progress) {
+/// The loop's event reader, opened on first use; `None` after a pause when Redis cannot be
+/// reached, so the loop can check for shutdown and try again.
+async fn connected<'a>(
+    app: &App,
+    reader: &'a mut Option<EventReader>,
+) -> Option<&'a mut EventReader> {
+    if reader.is_none() {
+        match app.dispatcher.event_reader().await {
+            Ok(opened) => *reader = Some(opened),
+            Err(error) => {
+                warn!(%error, "events not readable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    reader.as_mut()
+}
+
+/// Edits the job's message to show `event`; false when it sent nothing to Discord.
+async fn progress_edit(app: &App, http: &Http, event: Progress) -> bool {
     let lock = app.editing.lock_for(event.job_id);
     // Skip rather than queue behind an edit in flight: a newer event will come.
     let Ok(finished) = lock.try_lock() else {
-        return;
+        return false;
     };
     if *finished {
-        return;
+        return false;
     }
     let Ok(Some(note)) = note::get(app, event.job_id).await else {
-        return;
+        return false;
     };
     // With several gateway processes, the one that showed the job edits its progress, so
     // the 3-second spacing holds; any of them delivers the result.
     if !note.token_alive(app) || !note.owned_by(&app.settings.gateway.consumer_name()) {
-        return;
+        return false;
     }
     let percent = (u64::from(event.step) * 100) / u64::from(event.steps.max(1));
     let shown = Shown {
@@ -407,4 +439,5 @@ async fn progress_edit(app: &App, http: &Http, event: Progress) {
         count_error(app, &error);
         tracing::debug!(job = %event.job_id, %error, "progress edit dropped");
     }
+    true
 }

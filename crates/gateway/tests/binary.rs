@@ -28,3 +28,57 @@ fn a_missing_configuration_names_the_file() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/huaxian.toml"), "{stderr}");
 }
+
+fn migrate(database_url: Option<&str>) -> std::process::Output {
+    let mut command = Command::new(BINARY);
+    command.arg("migrate").env_remove("HUAXIAN_CONFIG");
+    match database_url {
+        Some(url) => command.env("HUAXIAN__DATABASE__URL", url),
+        None => command.env_remove("HUAXIAN__DATABASE__URL"),
+    };
+    command.output().unwrap()
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_once_and_refuses_a_newer_database() {
+    let url = huaxian_testkit::scratch_database("huaxian_migrate")
+        .await
+        .unwrap();
+
+    let first = migrate(Some(&url));
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{stdout}\n{:?}", first.stderr);
+    assert!(stdout.contains("applied 1 core"), "{stdout}");
+    assert!(stdout.contains("applied 3 gateway"), "{stdout}");
+
+    let again = migrate(Some(&url));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success());
+    assert_eq!(stdout.trim(), "migrate: the database is up to date");
+
+    // A database a newer build migrated: this build must not run against it.
+    {
+        use sqlx::{Connection, Executor};
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        db.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (9999, 'from the future', true, '\\x00', 0)",
+        )
+        .await
+        .unwrap();
+    }
+    let newer = migrate(Some(&url));
+    let stderr = String::from_utf8_lossy(&newer.stderr);
+    assert_eq!(newer.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("9999"), "{stderr}");
+
+    huaxian_testkit::drop_database(&url).await.unwrap();
+}
+
+#[test]
+fn migrate_without_a_database_names_the_key() {
+    let output = migrate(None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("database"), "{stderr}");
+}

@@ -1,4 +1,5 @@
-//! `huaxian gateway`: serves the Discord bot until SIGTERM.
+//! `huaxian gateway`, which serves the Discord bot until SIGTERM, and `huaxian migrate`,
+//! which read the same configuration.
 
 use std::path::PathBuf;
 
@@ -14,4 +15,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     huaxian_gateway::command::run(args.config.as_deref())
+}
+
+pub fn migrate(args: Args) -> Result<()> {
+    Ok(huaxian_service::migrate(args.config.as_deref())?)
 }

@@ -31,6 +31,8 @@ enum Command {
     Expand(expand::Args),
     /// Serve the Discord bot: slash commands, buttons, progress and results.
     Gateway(gateway::Args),
+    /// Bring the database up to this version's schema, then exit.
+    Migrate(gateway::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,7 +42,7 @@ fn main() -> ExitCode {
     // keeps the terminal for its progress bar.
     let default_filter = match cli.command {
         Command::Generate(_) | Command::Expand(_) => "warn",
-        Command::Worker(_) | Command::Gateway(_) => "info",
+        Command::Worker(_) | Command::Gateway(_) | Command::Migrate(_) => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => worker::run(args),
         Command::Expand(args) => expand::run(args),
         Command::Gateway(args) => gateway::run(args),
+        Command::Migrate(args) => gateway::migrate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -190,11 +190,12 @@ async fn late_large_and_rate_limited_results_are_still_delivered(pool: PgPool) {
     let ada = user(202);
 
     // 4. A job that outlives its token: the result goes to the channel, replying to the
-    //    original message.
-    bot.discord.set_token_lifetime(Duration::from_secs(4));
-    let late = bot
-        .imagine(&ada, "a slow harbour --seed 9 --steps 200")
-        .await;
+    //    original message. The worker is held (SIGSTOP) until the token has expired, so
+    //    the render cannot beat it however fast the machine.
+    bot.discord.set_token_lifetime(Duration::from_secs(2));
+    bot.worker_live().await;
+    signal(&worker, libc::SIGSTOP);
+    let late = bot.imagine(&ada, "a slow harbour --seed 9").await;
     let original = bot
         .discord
         .wait_for(WAIT, "the waiting message", |state| {
@@ -204,6 +205,8 @@ async fn late_large_and_rate_limited_results_are_still_delivered(pool: PgPool) {
                 .map(|m| m.id)
         })
         .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&worker, libc::SIGCONT);
     let posted = bot
         .discord
         .wait_for(WAIT, "a channel message with the result", |state| {

@@ -113,7 +113,10 @@ pub enum DispatchError {
 #[derive(Clone)]
 pub struct Dispatcher {
     pub(crate) store: Store,
+    /// Shared by every clone: commands on it must answer at once, never block.
     pub(crate) redis: ConnectionManager,
+    /// For connections of their own ([`Dispatcher::event_reader`]).
+    pub(crate) client: redis::Client,
     pub(crate) config: Config,
 }
 
@@ -125,10 +128,11 @@ impl Dispatcher {
         config: Config,
     ) -> Result<Self, DispatchError> {
         let client = redis::Client::open(redis_url)?;
-        let redis = ConnectionManager::new(client).await?;
+        let redis = ConnectionManager::new(client.clone()).await?;
         Ok(Self {
             store,
             redis,
+            client,
             config,
         })
     }

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,15 @@ pub struct JobResult {
     pub cost_ms: i64,
 }
 
+/// Reads the event streams on a Redis connection of its own. Its reads wait on Redis
+/// (`BLOCK`), and Redis answers nothing else on a connection while a read waits, so on the
+/// dispatcher's shared connection they would hold up every submit and note behind them.
+/// Each reading loop keeps one.
+pub struct EventReader {
+    redis: ConnectionManager,
+    prefix: String,
+}
+
 /// A result read from the stream; acknowledge it with [`Dispatcher::ack_result`] once shown.
 #[derive(Clone, Debug)]
 pub struct Delivery {
@@ -76,9 +86,21 @@ pub struct Delivery {
     pub result: JobResult,
 }
 
+fn stream_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}:events:{name}")
+}
+
 impl Dispatcher {
     fn stream(&self, name: &str) -> String {
-        format!("{}:events:{name}", self.config.prefix)
+        stream_key(&self.config.prefix, name)
+    }
+
+    /// Opens a connection for reading events; see [`EventReader`].
+    pub async fn event_reader(&self) -> Result<EventReader, DispatchError> {
+        Ok(EventReader {
+            redis: ConnectionManager::new(self.client.clone()).await?,
+            prefix: self.config.prefix.clone(),
+        })
     }
 
     /// Publishes a progress event; it may be trimmed before anyone reads it.
@@ -125,18 +147,29 @@ impl Dispatcher {
         }
     }
 
+    /// Acknowledges and deletes a result the gateway has shown.
+    pub async fn ack_result(&self, group: &str, entry_id: &str) -> Result<(), DispatchError> {
+        let stream = self.stream("results");
+        let mut redis = self.redis.clone();
+        let _: i64 = redis.xack(&stream, group, &[entry_id]).await?;
+        let _: i64 = redis.xdel(&stream, &[entry_id]).await?;
+        Ok(())
+    }
+}
+
+impl EventReader {
     /// Reads up to `count` results for `consumer` of `group`, waiting up to `block` for one.
     /// Results a consumer read but did not acknowledge are read again first, so a restart
     /// loses none. The group is created on first use.
     pub async fn read_results(
-        &self,
+        &mut self,
         group: &str,
         consumer: &str,
         count: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>, DispatchError> {
-        let stream = self.stream("results");
-        let mut redis = self.redis.clone();
+        let stream = stream_key(&self.prefix, "results");
+        let redis = &mut self.redis;
         let created: Result<(), _> = redis.xgroup_create_mkstream(&stream, group, "0").await;
         if let Err(error) = created {
             if error.code() != Some("BUSYGROUP") {
@@ -177,19 +210,10 @@ impl Dispatcher {
         Ok(deliveries)
     }
 
-    /// Acknowledges and deletes a result the gateway has shown.
-    pub async fn ack_result(&self, group: &str, entry_id: &str) -> Result<(), DispatchError> {
-        let stream = self.stream("results");
-        let mut redis = self.redis.clone();
-        let _: i64 = redis.xack(&stream, group, &[entry_id]).await?;
-        let _: i64 = redis.xdel(&stream, &[entry_id]).await?;
-        Ok(())
-    }
-
     /// Progress events after `after` (`"0"` for all kept, `"$"` for only new ones), waiting
     /// up to `block`. Returns them with the id to pass next time.
     pub async fn read_progress(
-        &self,
+        &mut self,
         after: &str,
         count: usize,
         block: Duration,
@@ -199,8 +223,7 @@ impl Dispatcher {
             .block(block.as_millis() as usize);
         let reply: Option<StreamReadReply> = self
             .redis
-            .clone()
-            .xread_options(&[self.stream("progress")], &[after], &options)
+            .xread_options(&[stream_key(&self.prefix, "progress")], &[after], &options)
             .await?;
         let mut last = after.to_string();
         let mut events = Vec::new();

@@ -18,5 +18,5 @@ mod position;
 mod scripts;
 
 pub use dispatch::{Claimed, Config, DispatchError, Dispatcher, Done, ReconcileReport, WorkerSpec};
-pub use events::{Delivery, JobResult, Outcome, Progress, ResultImage, PROGRESS_KEPT};
+pub use events::{Delivery, EventReader, JobResult, Outcome, Progress, ResultImage, PROGRESS_KEPT};
 pub use position::Position;

@@ -6,11 +6,13 @@
 
 pub mod blob;
 pub mod http;
+mod migrate;
 pub mod settings;
 mod signal;
 
 pub use blob::{BlobError, BlobStore};
 pub use http::{serve, Health};
+pub use migrate::{migrate, MigrateError};
 pub use settings::{
     load, BlobSettings, CapsSettings, DatabaseSettings, RedisSettings, Secret, SettingsError,
 };

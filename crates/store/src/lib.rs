@@ -61,6 +61,31 @@ impl Store {
         Ok(Self { pool, caps })
     }
 
+    /// Brings the database at `url` up to this build's schema, and returns the migrations
+    /// it applied now, as (version, description); none when it was already current. A
+    /// database migrated by a newer build is refused rather than touched.
+    pub async fn migrate(url: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        use sqlx::migrate::Migrate as _;
+
+        let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+        let mut connection = pool.acquire().await?;
+        connection.ensure_migrations_table().await?;
+        let before: Vec<i64> = connection
+            .list_applied_migrations()
+            .await?
+            .into_iter()
+            .map(|applied| applied.version)
+            .collect();
+        drop(connection);
+        MIGRATOR.run(&pool).await?;
+        pool.close().await;
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
+            .map(|m| (m.version, m.description.to_string()))
+            .collect())
+    }
+
     /// Wraps a pool whose database is already migrated (tests, embedding services).
     pub fn from_pool(pool: PgPool, caps: Caps) -> Self {
         Self { pool, caps }

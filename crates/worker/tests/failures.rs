@@ -34,13 +34,13 @@ async fn progress_then_cancel_stops_refunds_and_keeps_serving(pool: PgPool) {
     let started = Instant::now();
     let mut after = "0".to_string();
     let mut events = Vec::new();
+    let mut reader = harness.dispatcher.event_reader().await.unwrap();
     while events.len() < 2 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no progress in 60 s"
         );
-        let (read, last) = harness
-            .dispatcher
+        let (read, last) = reader
             .read_progress(&after, 10, Duration::from_millis(500))
             .await
             .unwrap();

@@ -4,15 +4,23 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Serve the Discord bot: slash commands, buttons, progress and results.
 #[derive(Parser)]
 #[command(name = "huaxian-gateway", version)]
 struct Cli {
     /// The service's TOML configuration; `HUAXIAN__SECTION__KEY` variables override it.
-    #[arg(long, env = "HUAXIAN_CONFIG")]
+    #[arg(long, env = "HUAXIAN_CONFIG", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring the database up to this version's schema, then exit.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -24,7 +32,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match huaxian_gateway::command::run(cli.config.as_deref()) {
+    let config = cli.config.as_deref();
+    let result = match cli.command {
+        None => huaxian_gateway::command::run(config),
+        Some(Command::Migrate) => huaxian_service::migrate(config).map_err(Into::into),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

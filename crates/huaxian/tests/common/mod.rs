@@ -134,12 +134,12 @@ path = "{model}"
     pub async fn rendering(&self, job: Uuid) {
         let deadline = Instant::now() + Duration::from_secs(90);
         let mut after = "0".to_string();
+        let mut reader = self.dispatcher.event_reader().await.unwrap();
         loop {
             if Instant::now() >= deadline {
                 panic!("job {job} never started rendering\n{}", self.logs());
             }
-            let (events, last) = self
-                .dispatcher
+            let (events, last) = reader
                 .read_progress(&after, 50, Duration::from_millis(500))
                 .await
                 .unwrap();
@@ -153,9 +153,9 @@ path = "{model}"
     /// Every result event on the stream so far, acknowledged.
     pub async fn results(&self) -> Vec<JobResult> {
         let mut all = Vec::new();
+        let mut reader = self.dispatcher.event_reader().await.unwrap();
         loop {
-            let deliveries = self
-                .dispatcher
+            let deliveries = reader
                 .read_results("tests", "t", 100, Duration::from_millis(200))
                 .await
                 .unwrap();

@@ -257,9 +257,10 @@ where
         let started = Instant::now();
         let running = tokio::spawn(worker.run(shutdown));
 
+        let mut reader = dispatcher.event_reader().await?;
         let mut left = jobs.len();
         while left > 0 {
-            let deliveries = dispatcher
+            let deliveries = reader
                 .read_results("bench", "b", 64, Duration::from_millis(200))
                 .await?;
             for delivery in deliveries {

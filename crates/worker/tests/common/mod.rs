@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use huaxian_engine::{LoadOptions, StableDiffusion};
 use huaxian_prompt::JobSpec;
-use huaxian_queue::{Config, Dispatcher, JobResult};
+use huaxian_queue::{Config, Dispatcher, EventReader, JobResult};
 use huaxian_service::BlobStore;
 use huaxian_store::{Action, Caps, JobKind, NewJob, Store};
 use huaxian_worker::{Models, Worker, WorkerSettings};
@@ -52,6 +52,7 @@ pub struct Harness {
     next_interaction: std::sync::atomic::AtomicI64,
     /// Results read while waiting for another job's.
     seen: std::sync::Mutex<std::collections::HashMap<Uuid, JobResult>>,
+    results: tokio::sync::Mutex<EventReader>,
 }
 
 impl Harness {
@@ -78,12 +79,14 @@ impl Harness {
             .unwrap();
         let blob_dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(blob_dir.path().to_str().unwrap()).unwrap();
+        let results = dispatcher.event_reader().await.unwrap().into();
         Self {
             dispatcher,
             blobs,
             blob_dir,
             next_interaction: 1.into(),
             seen: Default::default(),
+            results,
         }
     }
 
@@ -200,7 +203,9 @@ impl Harness {
                 "no result for {job} in 120 s"
             );
             let deliveries = self
-                .dispatcher
+                .results
+                .lock()
+                .await
                 .read_results("tests", "t", 16, Duration::from_millis(500))
                 .await
                 .unwrap();
