@@ -4,6 +4,7 @@ Each check prints one line per file or finding; any failure makes the exit statu
 """
 
 import json
+import os
 import pathlib
 import re
 import sys
@@ -102,14 +103,25 @@ def check_compose(root):
     services = compose.get("services") or {}
     volumes = set((compose.get("volumes") or {}).keys())
     secrets = set((compose.get("secrets") or {}).keys())
-    for needed in ("postgres", "redis", "gateway", "worker", "worker-gpu", "prometheus", "grafana"):
+    for needed in ("postgres", "redis", "migrate", "gateway", "worker", "worker-gpu", "prometheus", "grafana"):
         if needed not in services:
             fail(f"{rel}: no service {needed}")
+    # One-shots: services the others wait on to complete. Their exit status is their health.
+    one_shots = {
+        dep
+        for svc in services.values()
+        if isinstance(svc.get("depends_on"), dict)
+        for dep, how in svc["depends_on"].items()
+        if (how or {}).get("condition") == "service_completed_successfully"
+    }
     for name, svc in services.items():
         if not svc.get("image") and not svc.get("build"):
             fail(f"{rel}: {name} has neither image nor build")
         hc = svc.get("healthcheck") or {}
-        if not hc.get("test"):
+        if name in one_shots:
+            if str(svc.get("restart", "no")) != "no":
+                fail(f"{rel}: one-shot {name} must not restart")
+        elif not hc.get("test"):
             fail(f"{rel}: {name} has no healthcheck")
         deps = svc.get("depends_on") or {}
         if isinstance(deps, list):
@@ -141,7 +153,59 @@ def check_compose(root):
         fail(f"{rel}: worker-gpu reserves no NVIDIA device")
     if "--appendonly" not in (services.get("redis") or {}).get("command", []):
         fail(f"{rel}: redis runs without AOF")
+    if (services.get("migrate") or {}).get("command") != ["migrate"]:
+        fail(f"{rel}: the migrate service does not run `migrate`")
+    for name in ("gateway", "worker", "worker-gpu"):
+        deps = (services.get(name) or {}).get("depends_on") or {}
+        if (deps.get("migrate") or {}).get("condition") != "service_completed_successfully":
+            fail(f"{rel}: {name} starts before the migrations have run")
     print(f"ok   compose {len(services)} services, {len(volumes)} volumes, {len(secrets)} secrets")
+
+
+def check_compose_cli(root):
+    """Runs `docker compose config` on the file where a compose client exists.
+
+    Compose v2 (the `docker compose` plugin) checks the file as it is. Debian's
+    docker-compose 1.29 predates the top-level `name` key, so it checks a copy without that
+    one line, with the same project name given by `-p`.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    rel = "docker-compose.yml"
+    env = {"PATH": os.environ.get("PATH", "")}
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, env=env)
+        if probe.returncode == 0:
+            run = subprocess.run(
+                ["docker", "compose", "-f", rel, "--profile", "gpu", "config", "-q"],
+                cwd=root, capture_output=True, text=True, env=env,
+            )
+            report(rel, "docker compose config", run)
+            return
+    if shutil.which("docker-compose"):
+        text = (root / rel).read_text()
+        name = re.search(r"^name:\s*(\S+)\s*$", text, re.M)
+        stripped = re.sub(r"^name:.*\n", "", text, flags=re.M)
+        # Same folder, so relative paths resolve as they do for the real file.
+        with tempfile.NamedTemporaryFile("w", dir=root, prefix=".compose-check-", suffix=".yml") as f:
+            f.write(stripped)
+            f.flush()
+            command = ["docker-compose", "-f", f.name, "--profile", "gpu", "config", "-q"]
+            if name:
+                command[1:1] = ["-p", name.group(1)]
+            run = subprocess.run(command, cwd=root, capture_output=True, text=True, env=env)
+        report(rel, "docker-compose config (v1; without the top-level name)", run)
+        return
+    print(f"skip {rel}: no compose client (the docker compose plugin or docker-compose) to run `config`")
+
+
+def report(rel, what, run):
+    if run.returncode != 0:
+        fail(f"{rel}: {what} refused it:\n{run.stderr.strip() or run.stdout.strip()}")
+    else:
+        print(f"ok   {what} {rel}")
 
 
 def exported_metrics(root):
@@ -198,6 +262,7 @@ def main():
     root = pathlib.Path(sys.argv[1])
     check_syntax(root)
     check_compose(root)
+    check_compose_cli(root)
     check_k8s(root)
     check_metrics(root)
     if failures:

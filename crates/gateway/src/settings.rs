@@ -7,10 +7,10 @@ use std::time::Duration;
 use huaxian_prompt::Limits;
 pub use huaxian_service::BlobSettings;
 use huaxian_service::{CapsSettings, DatabaseSettings, RedisSettings, Secret};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything `huaxian gateway` reads.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
@@ -27,7 +27,7 @@ pub struct Settings {
 }
 
 /// `[discord]`: the bot and who may run `/admin`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct DiscordSettings {
     /// The bot token (Developer Portal → Bot → Token). Never logged.
     pub token: Secret,
@@ -51,7 +51,7 @@ pub struct DiscordSettings {
 }
 
 /// `[discord.shards]`: a range of the bot's shards.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 pub struct ShardSettings {
     /// First shard this process runs.
     pub first: u32,
@@ -75,7 +75,7 @@ impl ShardSettings {
 }
 
 /// `[gateway]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct GatewaySettings {
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; none when absent.

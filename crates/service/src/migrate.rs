@@ -20,6 +20,8 @@ struct Settings {
 pub enum MigrateError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    #[error("[database] url: {0}")]
+    Url(SettingsError),
     #[error("migrating the database: {0}")]
     Store(#[from] huaxian_store::StoreError),
     #[error("starting the async runtime: {0}")]
@@ -30,7 +32,7 @@ pub enum MigrateError {
 /// did on stdout.
 pub fn migrate(file: Option<&Path>) -> Result<(), MigrateError> {
     let settings: Settings = crate::load(file)?;
-    let url = settings.database.url.reveal()?;
+    let url = settings.database.url.reveal().map_err(MigrateError::Url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use huaxian_store::Caps;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why the configuration could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,25 @@ pub enum SettingsError {
     },
     #[error("configuration: the configuration file {} does not exist", .0.display())]
     Missing(PathBuf),
+    #[error(
+        "configuration: unknown key {} (from the file, or the environment as {}); check its \
+         spelling against deploy/huaxian.example.toml",
+        keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+        keys.iter().map(|k| environment_name(k)).collect::<Vec<_>>().join(", ")
+    )]
+    Unknown { keys: Vec<String> },
+}
+
+/// The sections of the one configuration file. A service reads some of them, and skips the
+/// others whole (a gateway has no use for `[worker]`); an unknown key inside a section it
+/// reads, or an unknown section, is a mistake worth stopping for.
+pub const SECTIONS: &[&str] = &[
+    "database", "redis", "blob", "caps", "worker", "prompt", "discord", "gateway",
+];
+
+/// The environment variable that sets `key` (`worker.max_batch` → `HUAXIAN__WORKER__MAX_BATCH`).
+pub fn environment_name(key: &str) -> String {
+    format!("HUAXIAN__{}", key.replace('.', "__").to_uppercase())
 }
 
 /// Reads `file` (when given) and the `HUAXIAN__…` environment into `T`.
@@ -41,7 +60,18 @@ pub fn load<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, SettingsError
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true);
-    Ok(builder.add_source(environment).build()?.try_deserialize()?)
+    let config = builder.add_source(environment).build()?;
+    let mut unknown = Vec::new();
+    let settings = serde_ignored::deserialize(config, |path| {
+        let key = path.to_string();
+        if key.contains('.') || !SECTIONS.contains(&key.as_str()) {
+            unknown.push(key);
+        }
+    })?;
+    if !unknown.is_empty() {
+        return Err(SettingsError::Unknown { keys: unknown });
+    }
+    Ok(settings)
 }
 
 /// A secret value: a password, a token, a URL with credentials. Shown as `***`.
@@ -69,6 +99,13 @@ impl Secret {
     }
 }
 
+/// Serialized as `***`, so a settings dump never carries it.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -79,7 +116,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `[database]`: the Postgres that keeps users, jobs and quotas.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct DatabaseSettings {
     /// `postgres://user:password@host:port/db`.
     pub url: Secret,
@@ -89,7 +126,7 @@ pub struct DatabaseSettings {
 }
 
 /// `[redis]`: the Redis that carries dispatch and events.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct RedisSettings {
     /// `redis://[:password@]host:port[/db]`.
     pub url: Secret,
@@ -100,7 +137,7 @@ pub struct RedisSettings {
 
 /// `[blob]`: where images are stored. Workers write results there and read the images
 /// users gave; the gateway writes those and reads results.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct BlobSettings {
     /// A folder, `file:///dir`, or `s3://bucket/prefix`; the same for every service.
@@ -121,7 +158,7 @@ impl Default for BlobSettings {
 
 /// `[caps]`: per-user and per-guild limits, the fast-lane quota and the retry policy. Every
 /// service reads the same section, so the gateway and the workers enforce the same caps.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct CapsSettings {
     /// Jobs one user may have running at once.
@@ -232,6 +269,28 @@ mod tests {
         let overridden: Result<Sample, _> = load(Some(&file));
         std::env::remove_var("HUAXIAN__REDIS__PREFIX");
         assert_eq!(overridden.unwrap().redis.prefix, "staging");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_but_other_services_sections_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("huaxian.toml");
+        let base = "[database]\nurl = \"postgres://db\"\n[redis]\nurl = \"redis://r\"\n";
+
+        // The worker's section, read by another service: skipped.
+        std::fs::write(&file, format!("{base}[worker]\nmax_batch = 4\n")).unwrap();
+        load::<Sample>(Some(&file)).unwrap();
+
+        // A misspelt key in a section this service reads.
+        std::fs::write(&file, format!("{base}prefx = \"x\"\n")).unwrap();
+        let error = load::<Sample>(Some(&file)).unwrap_err().to_string();
+        assert!(error.contains("`redis.prefx`"), "{error}");
+        assert!(error.contains("HUAXIAN__REDIS__PREFX"), "{error}");
+
+        // A section no service has.
+        std::fs::write(&file, format!("{base}[gatway]\nconsumer = \"g\"\n")).unwrap();
+        let error = load::<Sample>(Some(&file)).unwrap_err().to_string();
+        assert!(error.contains("`gatway`"), "{error}");
     }
 
     #[test]

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 pub use huaxian_service::BlobSettings;
 use huaxian_service::{CapsSettings, DatabaseSettings, RedisSettings};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything `huaxian worker` reads.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
@@ -22,7 +22,7 @@ pub struct Settings {
 }
 
 /// `[[worker.models]]`: one model the worker loads at start and keeps resident.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ModelSettings {
     /// The name jobs ask for (`--model`).
     pub name: String,
@@ -34,7 +34,7 @@ pub struct ModelSettings {
 }
 
 /// `[worker]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct WorkerSettings {
     /// This worker's id, unique in the deployment; defaults to `<hostname>-<pid>`.
@@ -67,7 +67,7 @@ pub struct WorkerSettings {
 }
 
 /// `[worker.expander]`: a GPT-2 that continues prompts before rendering.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ExpanderSettings {
     /// A transformers GPT-2 folder: config.json, model.safetensors, tokenizer.
     pub path: PathBuf,
@@ -154,7 +154,7 @@ impl WorkerSettings {
 }
 
 /// How far each image-to-image job moves from its source: 0 keeps it, 1 ignores it.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct Strengths {
     pub vary_subtle: f64,

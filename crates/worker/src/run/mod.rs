@@ -90,7 +90,7 @@ impl Worker {
                 "no models configured: add a [[worker.models]] section with a name and a path"
             );
         }
-        let database_url = settings.database.url.reveal()?;
+        let database_url = settings.database.url.reveal().context("[database] url")?;
         let store = Store::connect(
             &database_url,
             settings.database.max_connections,
@@ -103,7 +103,8 @@ impl Worker {
             lease: worker.lease(),
             ..Config::default()
         };
-        let dispatcher = Dispatcher::connect(store, &settings.redis.url.reveal()?, config)
+        let redis_url = settings.redis.url.reveal().context("[redis] url")?;
+        let dispatcher = Dispatcher::connect(store, &redis_url, config)
             .await
             .context("connecting to Redis ([redis] url)")?;
         let blobs = BlobStore::open(&settings.blob.url)?;
