@@ -56,6 +56,12 @@ async fn migrate_applies_the_schema_once_and_refuses_a_newer_database() {
     assert!(again.status.success());
     assert_eq!(stdout.trim(), "migrate: the database is up to date");
 
+    // TLS is built in: asking for it either works (a server with TLS on) or fails on the
+    // server's side, never for want of support in the binary.
+    let tls = migrate(Some(&format!("{url}?sslmode=require")));
+    let stderr = String::from_utf8_lossy(&tls.stderr);
+    assert!(!stderr.contains("without TLS support"), "{stderr}");
+
     // A database a newer build migrated: this build must not run against it.
     {
         use sqlx::{Connection, Executor};
@@ -81,4 +87,25 @@ fn migrate_without_a_database_names_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("database"), "{stderr}");
+}
+
+#[test]
+fn migrate_against_an_unreachable_server_says_where_and_never_the_password() {
+    let started = std::time::Instant::now();
+    let output = migrate(Some("postgres://huaxian:hunter2secret@127.0.0.1:1/huaxian"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to Postgres at 127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2secret"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "no long wait for a refused connection"
+    );
+
+    let output = migrate(Some("mysql://root@127.0.0.1/huaxian"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a postgres:// URL"), "{stderr}");
 }

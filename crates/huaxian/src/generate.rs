@@ -33,7 +33,8 @@ pub struct Args {
     seed: Option<u64>,
     #[arg(long, default_value_t = 30)]
     steps: usize,
-    /// ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm.
+    /// ddim, euler, euler_a, euler_karras, dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde,
+    /// dpmpp_2m_sde_karras or lcm (A1111 names such as "DPM++ 2M Karras" work too).
     #[arg(long, default_value = "euler_a")]
     sampler: String,
     /// Classifier-free guidance scale.

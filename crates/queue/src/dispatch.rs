@@ -103,10 +103,46 @@ pub struct ReconcileReport {
 pub enum DispatchError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    // Shown in the message, not kept as `source()`, so a printed chain says it once.
     #[error("redis error: {0}; the reconciler will restore dispatch once Redis is back")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
     #[error("redis did not answer in time")]
     Timeout,
+    #[error("cannot connect to Redis at {address}: {reason}; check [redis] url")]
+    Connect { address: String, reason: String },
+}
+
+/// How long connecting to Redis may take before the service gives up with the reason.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection manager for `client`, after one plain attempt: the manager retries quietly,
+/// so a wrong address would otherwise wait without a word; the attempt fails at once with
+/// its reason.
+pub(crate) async fn connect_manager(
+    client: &redis::Client,
+) -> Result<ConnectionManager, DispatchError> {
+    let address = client.get_connection_info().addr.to_string();
+    let failed = |reason: String| DispatchError::Connect {
+        address: address.clone(),
+        reason,
+    };
+    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection());
+    match attempt.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => return Err(failed(error.to_string())),
+        Err(_) => return Err(failed(format!("no answer in {CONNECT_TIMEOUT:?}"))),
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, ConnectionManager::new(client.clone())).await {
+        Ok(Ok(manager)) => Ok(manager),
+        Ok(Err(error)) => Err(failed(error.to_string())),
+        Err(_) => Err(failed(format!("no answer in {CONNECT_TIMEOUT:?}"))),
+    }
+}
+
+impl From<redis::RedisError> for DispatchError {
+    fn from(error: redis::RedisError) -> Self {
+        DispatchError::Redis(error)
+    }
 }
 
 /// Gateway and worker handle on the dispatch queue; cheap to clone.
@@ -128,7 +164,7 @@ impl Dispatcher {
         config: Config,
     ) -> Result<Self, DispatchError> {
         let client = redis::Client::open(redis_url)?;
-        let redis = ConnectionManager::new(client.clone()).await?;
+        let redis = connect_manager(&client).await?;
         Ok(Self {
             store,
             redis,

@@ -98,7 +98,7 @@ impl Dispatcher {
     /// Opens a connection for reading events; see [`EventReader`].
     pub async fn event_reader(&self) -> Result<EventReader, DispatchError> {
         Ok(EventReader {
-            redis: ConnectionManager::new(self.client.clone()).await?,
+            redis: crate::dispatch::connect_manager(&self.client).await?,
             prefix: self.config.prefix.clone(),
         })
     }

@@ -127,3 +127,18 @@ async fn a_waiting_reader_does_not_hold_up_the_dispatcher(pool: PgPool) {
     assert!(waited < wait, "woken by the result, not by the timeout");
     also_waiting.abort();
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_unreachable_redis_is_named_at_once(pool: PgPool) {
+    let store = huaxian_store::Store::from_pool(pool, caps());
+    let connected =
+        huaxian_queue::Dispatcher::connect(store, "redis://127.0.0.1:1", config()).await;
+    let Err(error) = connected else {
+        panic!("connected to a closed port");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains("cannot connect to Redis at 127.0.0.1:1"),
+        "{error}"
+    );
+}

@@ -20,9 +20,9 @@ struct Settings {
 pub enum MigrateError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    #[error("[database] url: {0}")]
-    Url(SettingsError),
-    #[error("migrating the database: {0}")]
+    #[error("[database] url")]
+    Url(#[source] SettingsError),
+    #[error("migrating the database")]
     Store(#[from] huaxian_store::StoreError),
     #[error("starting the async runtime: {0}")]
     Runtime(#[from] std::io::Error),

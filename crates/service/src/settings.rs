@@ -16,16 +16,22 @@ use serde::{Deserialize, Serialize};
 /// Why the configuration could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// What the configuration library said, with the file it read, if any.
     #[error("configuration: {0}")]
-    Parse(#[from] config::ConfigError),
-    #[error("configuration: cannot read the secret file {}", path.display())]
+    Parse(String),
+    // Causes are in the messages, not also `source()`, so a printed chain says them once.
+    #[error("configuration: cannot read the secret file {}: {error}", path.display())]
     SecretFile {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("configuration: the configuration file {} does not exist", .0.display())]
     Missing(PathBuf),
+    #[error("configuration: cannot read {}: {error}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error(
         "configuration: unknown key {} (from the file, or the environment as {}); check its \
          spelling against deploy/huaxian.example.toml",
@@ -42,6 +48,15 @@ pub const SECTIONS: &[&str] = &[
     "database", "redis", "blob", "caps", "worker", "prompt", "discord", "gateway",
 ];
 
+/// The keys holding lists of plain values, which the environment gives comma-separated.
+pub const LIST_KEYS: &[&str] = &[
+    "prompt.samplers",
+    "prompt.models",
+    "discord.admin_users",
+    "discord.admin_roles",
+    "discord.attachment_hosts",
+];
+
 /// The environment variable that sets `key` (`worker.max_batch` → `HUAXIAN__WORKER__MAX_BATCH`).
 pub fn environment_name(key: &str) -> String {
     format!("HUAXIAN__{}", key.replace('.', "__").to_uppercase())
@@ -50,24 +65,48 @@ pub fn environment_name(key: &str) -> String {
 /// Reads `file` (when given) and the `HUAXIAN__…` environment into `T`.
 pub fn load<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, SettingsError> {
     let mut builder = config::Config::builder();
-    if let Some(file) = file {
-        if !file.is_file() {
-            return Err(SettingsError::Missing(file.to_path_buf()));
+    // Where the library's messages came from; it does not say so itself.
+    let origin = match file {
+        Some(file) => {
+            if !file.exists() {
+                return Err(SettingsError::Missing(file.to_path_buf()));
+            }
+            let text =
+                std::fs::read_to_string(file).map_err(|error| SettingsError::Unreadable {
+                    path: file.to_path_buf(),
+                    error,
+                })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+            format!("{}: ", file.display())
         }
-        builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
-    }
-    let environment = config::Environment::with_prefix("HUAXIAN")
+        None => String::new(),
+    };
+    let parse = |error: config::ConfigError| {
+        let hint = if file.is_none() {
+            " (no configuration file was given: pass --config FILE or set HUAXIAN_CONFIG)"
+        } else {
+            ""
+        };
+        SettingsError::Parse(format!("{origin}{error}{hint}"))
+    };
+    let mut environment = config::Environment::with_prefix("HUAXIAN")
         .prefix_separator("__")
         .separator("__")
-        .try_parsing(true);
-    let config = builder.add_source(environment).build()?;
+        .try_parsing(true)
+        .list_separator(",");
+    // Lists from the environment are comma-separated: HUAXIAN__DISCORD__ADMIN_USERS=1,2.
+    for key in LIST_KEYS {
+        environment = environment.with_list_parse_key(key);
+    }
+    let config = builder.add_source(environment).build().map_err(parse)?;
     let mut unknown = Vec::new();
     let settings = serde_ignored::deserialize(config, |path| {
         let key = path.to_string();
         if key.contains('.') || !SECTIONS.contains(&key.as_str()) {
             unknown.push(key);
         }
-    })?;
+    })
+    .map_err(parse)?;
     if !unknown.is_empty() {
         return Err(SettingsError::Unknown { keys: unknown });
     }
@@ -89,12 +128,21 @@ impl Secret {
     pub fn reveal(&self) -> Result<String, SettingsError> {
         match self {
             Secret::Inline(value) => Ok(value.clone()),
-            Secret::File { file } => std::fs::read_to_string(file)
-                .map(|value| value.trim_end().to_string())
-                .map_err(|source| SettingsError::SecretFile {
-                    path: file.clone(),
-                    source,
-                }),
+            Secret::File { file } => {
+                let value =
+                    std::fs::read_to_string(file).map_err(|error| SettingsError::SecretFile {
+                        path: file.clone(),
+                        error,
+                    })?;
+                let value = value.trim_end();
+                if value.is_empty() {
+                    return Err(SettingsError::SecretFile {
+                        path: file.clone(),
+                        error: std::io::Error::new(std::io::ErrorKind::InvalidData, "it is empty"),
+                    });
+                }
+                Ok(value.to_string())
+            }
         }
     }
 }
@@ -291,6 +339,58 @@ mod tests {
         std::fs::write(&file, format!("{base}[gatway]\nconsumer = \"g\"\n")).unwrap();
         let error = load::<Sample>(Some(&file)).unwrap_err().to_string();
         assert!(error.contains("`gatway`"), "{error}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Lists {
+        discord: ListSection,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct ListSection {
+        admin_users: Vec<u64>,
+        attachment_hosts: Vec<String>,
+    }
+
+    #[test]
+    fn lists_come_comma_separated_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("huaxian.toml");
+        std::fs::write(
+            &file,
+            "[discord]\nadmin_users = [1]\nattachment_hosts = [\"a\"]\n",
+        )
+        .unwrap();
+        // The only test that sets these variables.
+        std::env::set_var("HUAXIAN__DISCORD__ADMIN_USERS", "12,34");
+        std::env::set_var("HUAXIAN__DISCORD__ATTACHMENT_HOSTS", "cdn.example");
+        let lists: Result<Lists, _> = load(Some(&file));
+        std::env::remove_var("HUAXIAN__DISCORD__ADMIN_USERS");
+        std::env::remove_var("HUAXIAN__DISCORD__ATTACHMENT_HOSTS");
+        let lists = lists.unwrap();
+        assert_eq!(lists.discord.admin_users, [12, 34]);
+        assert_eq!(lists.discord.attachment_hosts, ["cdn.example"]);
+    }
+
+    #[test]
+    fn errors_say_which_file_or_that_there_was_none() {
+        let error = load::<Sample>(None).unwrap_err().to_string();
+        assert!(error.contains("missing configuration field"), "{error}");
+        assert!(error.contains("--config"), "{error}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("huaxian.toml");
+        std::fs::write(&file, "[database\nurl = 1\n").unwrap();
+        let error = load::<Sample>(Some(&file)).unwrap_err().to_string();
+        assert!(error.contains(&file.display().to_string()), "{error}");
+
+        let empty = dir.path().join("empty_secret");
+        std::fs::write(&empty, "\n").unwrap();
+        let error = Secret::File { file: empty }
+            .reveal()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("empty"), "{error}");
     }
 
     #[test]

@@ -43,10 +43,33 @@ pub enum StoreError {
     Stale(uuid::Uuid),
     #[error("job {0} does not exist")]
     NoSuchJob(uuid::Uuid),
+    // The causes below are shown in the message and not also kept as `source()`, so an
+    // error chain printed whole does not say them twice.
     #[error("a stored job spec could not be read: {0}")]
-    Spec(#[from] serde_json::Error),
+    Spec(serde_json::Error),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
+    /// The database URL names no server we could reach or log in to.
+    #[error("cannot connect to Postgres at {address}: {reason}; check [database] url")]
+    Connect { address: String, reason: String },
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(error: serde_json::Error) -> Self {
+        StoreError::Spec(error)
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Database(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(error)
+    }
 }

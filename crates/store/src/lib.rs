@@ -43,6 +43,53 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 /// The migrations of `migrations/` at the repository root, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
+/// A pool on `url`, after one plain connection: a pool retries failed connections until its
+/// timeout and then says only that it timed out, while one attempt fails at once with the
+/// reason (refused, authentication, no such database). Errors name the server, never the
+/// password.
+async fn open_pool(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+    use sqlx::Connection as _;
+
+    let not_postgres = |detail: String| StoreError::Connect {
+        address: "the configured URL".into(),
+        reason: format!("it is not a postgres:// URL{detail}"),
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(not_postgres(String::new()));
+    }
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|error: sqlx::Error| not_postgres(format!(" ({error})")))?;
+    let address = format!("{}:{}", options.get_host(), options.get_port());
+    let failed = |error: sqlx::Error| StoreError::Connect {
+        address: address.clone(),
+        reason: error.to_string(),
+    };
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options));
+    match probe.await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+        }
+        Ok(Err(error)) => return Err(failed(error)),
+        Err(_) => {
+            return Err(StoreError::Connect {
+                address,
+                reason: format!("no answer in {CONNECT_TIMEOUT:?}"),
+            })
+        }
+    }
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(failed)
+}
+
+/// How long connecting to Postgres may take before a service gives up with the reason.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Handle on the database; cheap to clone, shares one pool.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -53,10 +100,7 @@ pub struct Store {
 impl Store {
     /// Connects with a pool of up to `max_connections` and applies pending migrations.
     pub async fn connect(url: &str, max_connections: u32, caps: Caps) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .connect(url)
-            .await?;
+        let pool = open_pool(url, max_connections).await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool, caps })
     }
@@ -67,7 +111,7 @@ impl Store {
     pub async fn migrate(url: &str) -> Result<Vec<(i64, String)>, StoreError> {
         use sqlx::migrate::Migrate as _;
 
-        let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+        let pool = open_pool(url, 1).await?;
         let mut connection = pool.acquire().await?;
         connection.ensure_migrations_table().await?;
         let before: Vec<i64> = connection
