@@ -42,7 +42,8 @@ fn main() -> ExitCode {
     // keeps the terminal for its progress bar.
     let default_filter = match cli.command {
         Command::Generate(_) | Command::Expand(_) => "warn",
-        Command::Worker(_) | Command::Gateway(_) | Command::Migrate(_) => "info",
+        // sqlx reports Postgres notices such as "relation already exists" at info.
+        Command::Worker(_) | Command::Gateway(_) | Command::Migrate(_) => "info,sqlx=warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let result = match cli.command {
