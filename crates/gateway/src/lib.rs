@@ -41,7 +41,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use huaxian_queue::{Config, Dispatcher};
 use huaxian_service::{BlobStore, Health};
-use huaxian_store::Store;
 use serenity::all::{GatewayIntents, HttpBuilder};
 use serenity::http::Http;
 use tokio::sync::watch;
@@ -96,14 +95,7 @@ impl Gateway {
         if let Some(shards) = &settings.discord.shards {
             shards.check().map_err(anyhow::Error::msg)?;
         }
-        let database_url = settings.database.url.reveal().context("[database] url")?;
-        let store = Store::connect(
-            &database_url,
-            settings.database.max_connections,
-            settings.caps.caps(),
-        )
-        .await
-        .context("connecting to Postgres ([database] url)")?;
+        let store = settings.database.connect(settings.caps.caps()).await?;
         let redis_url = settings.redis.url.reveal().context("[redis] url")?;
         let config = Config {
             prefix: settings.redis.prefix.clone(),

@@ -14,6 +14,7 @@ pub use blob::{BlobError, BlobStore};
 pub use http::{serve, Health};
 pub use migrate::{migrate, MigrateError};
 pub use settings::{
-    load, BlobSettings, CapsSettings, DatabaseSettings, RedisSettings, Secret, SettingsError,
+    load, BlobSettings, CapsSettings, DatabaseError, DatabaseSettings, RedisSettings, Secret,
+    SettingsError,
 };
 pub use signal::wait_for_signal;

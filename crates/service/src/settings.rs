@@ -173,6 +173,30 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
 }
 
+impl DatabaseSettings {
+    /// Connects to the database, applying pending migrations, with `caps` enforced. The
+    /// error names the key to change: the URL's secret, or the server it points at.
+    pub async fn connect(
+        &self,
+        caps: huaxian_store::Caps,
+    ) -> Result<huaxian_store::Store, DatabaseError> {
+        let url = self.url.reveal().map_err(DatabaseError::Url)?;
+        huaxian_store::Store::connect(&url, self.max_connections, caps)
+            .await
+            .map_err(DatabaseError::Store)
+    }
+}
+
+/// Why [`DatabaseSettings::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("[database] url")]
+    Url(#[source] SettingsError),
+    // The store's connection errors already say "check [database] url".
+    #[error(transparent)]
+    Store(huaxian_store::StoreError),
+}
+
 /// `[redis]`: the Redis that carries dispatch and events.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct RedisSettings {

@@ -16,7 +16,7 @@ use anyhow::Context;
 use huaxian_engine::{LoadOptions, StableDiffusion};
 use huaxian_queue::{Claimed, Config, DispatchError, Dispatcher, WorkerSpec};
 use huaxian_service::BlobStore;
-use huaxian_store::{Job, NewImage, Store};
+use huaxian_store::{Job, NewImage};
 use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use uuid::Uuid;
@@ -90,14 +90,7 @@ impl Worker {
                 "no models configured: add a [[worker.models]] section with a name and a path"
             );
         }
-        let database_url = settings.database.url.reveal().context("[database] url")?;
-        let store = Store::connect(
-            &database_url,
-            settings.database.max_connections,
-            settings.caps.caps(),
-        )
-        .await
-        .context("connecting to Postgres ([database] url)")?;
+        let store = settings.database.connect(settings.caps.caps()).await?;
         let config = Config {
             prefix: settings.redis.prefix.clone(),
             lease: worker.lease(),
