@@ -14,6 +14,15 @@ pub fn definitions() -> Vec<CreateCommand> {
         CreateCommandOption::new(CommandOptionType::Attachment, name, "An image to blend")
             .required(required)
     };
+    // /imagine's image prompts after the first; with several, the worker blends them.
+    let more_image = |name: &str| {
+        CreateCommandOption::new(
+            CommandOptionType::Attachment,
+            name,
+            "Another image to start from (blended with the others)",
+        )
+        .required(false)
+    };
     let user = |description: &str| {
         CreateCommandOption::new(CommandOptionType::User, "user", description).required(true)
     };
@@ -48,7 +57,11 @@ pub fn definitions() -> Vec<CreateCommand> {
                 CreateCommandOption::new(CommandOptionType::String, "model", "The model to use")
                     .required(false)
                     .set_autocomplete(true),
-            ),
+            )
+            .add_option(more_image("image2"))
+            .add_option(more_image("image3"))
+            .add_option(more_image("image4"))
+            .add_option(more_image("image5")),
         CreateCommand::new("blend")
             .description("Blend 2 to 5 images into four new ones")
             .add_option(image("image1", true))

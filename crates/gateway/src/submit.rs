@@ -24,22 +24,27 @@ pub const WORKER_SILENCE_S: i64 = 30;
 /// Discord's default upload limit, for interactions that report none.
 const DEFAULT_ATTACHMENT_LIMIT: u64 = 10 << 20;
 
-/// `/imagine prompt: [image:] [model:]`.
+/// `/imagine prompt: [image:] [model:] [image2: … image5:]`.
 pub async fn imagine(app: &App, http: &Http, command: &CommandInteraction, pending: &Pending) {
     if !pending.defer(app, http, false).await {
         return;
     }
     let mut prompt = String::new();
     let mut model = None;
-    let mut image: Option<Attachment> = None;
+    // Image prompts by option name, so `image`, `image2`, … keep their order.
+    let mut images: Vec<(&str, Attachment)> = Vec::new();
     for option in command.data.options() {
         match (option.name, option.value) {
             ("prompt", ResolvedValue::String(text)) => prompt = text.to_string(),
             ("model", ResolvedValue::String(name)) => model = Some(name.to_string()),
-            ("image", ResolvedValue::Attachment(attachment)) => image = Some(attachment.clone()),
+            (name, ResolvedValue::Attachment(attachment)) if name.starts_with("image") => {
+                images.push((name, attachment.clone()))
+            }
             _ => {}
         }
     }
+    images.sort_by_key(|(name, _)| *name);
+    let images: Vec<Attachment> = images.into_iter().map(|(_, image)| image).collect();
     if let Some(model) = model {
         prompt = format!("{prompt} --model {model}");
     }
@@ -60,12 +65,9 @@ pub async fn imagine(app: &App, http: &Http, command: &CommandInteraction, pendi
             return pending.refuse(app, http, &text).await;
         }
     }
-    let inputs = match image {
-        Some(image) => match inputs::store(app, pending, &[image]).await {
-            Ok(keys) => keys,
-            Err(text) => return pending.refuse(app, http, &text).await,
-        },
-        None => Vec::new(),
+    let inputs = match inputs::store(app, pending, &images).await {
+        Ok(keys) => keys,
+        Err(text) => return pending.refuse(app, http, &text).await,
     };
 
     let lane = settings.lane.unwrap_or(Lane::Fast);

@@ -532,6 +532,24 @@ async fn imagine_repeats_starts_from_an_image_and_refuses_an_unloaded_model(pool
     let stored = bot.deployment.blob_dir().join(&job.inputs[0]);
     assert!(stored.is_file(), "{} was stored", stored.display());
 
+    // Several image prompts (image, image2): both stored, in order, and blended.
+    let options = json!([
+        { "name": "prompt", "type": 3, "value": "a warm room --steps 4" },
+        { "name": "image2", "type": 11, "value": "second.png" },
+        { "name": "image", "type": 11, "value": "first.png" },
+    ]);
+    let command = Slash::new(ada.clone(), Some(GUILD), CHANNEL, "imagine")
+        .options(options)
+        .attach("first.png", png(64, 64))
+        .attach("second.png", png(96, 64));
+    let from_images = bot.discord.slash(command).await;
+    let message = bot.result(&from_images).await;
+    assert_eq!(decoded(&message).width(), 128);
+    let job = bot.store().job(job_of(&message)).await.unwrap();
+    assert_eq!(job.inputs.len(), 2, "{:?}", job.inputs);
+    let first = image::open(bot.deployment.blob_dir().join(&job.inputs[0])).unwrap();
+    assert_eq!(first.width(), 64, "`image` comes first");
+
     signal(&worker, libc::SIGTERM);
     assert_eq!(
         exit_code(&mut worker, std::time::Duration::from_secs(120)).await,
