@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::events::{JobResult, Outcome};
 use crate::scripts;
+use crate::submit::Submitter;
 
 /// How long a cancel signal outlives the cancellation, in seconds: longer than any render.
 const CANCEL_SIGNAL_S: u64 = 3600;
@@ -145,6 +146,28 @@ impl From<redis::RedisError> for DispatchError {
     }
 }
 
+/// Gives a queued job a dispatch entry unless it has one. Returns whether it was added.
+pub(crate) async fn push_entry(
+    redis: &mut ConnectionManager,
+    prefix: &str,
+    ticket: &Ticket,
+) -> Result<bool, DispatchError> {
+    let now = Utc::now().timestamp_millis();
+    let ready = ticket.ready_at.map_or(0, |at| at.timestamp_millis());
+    let added: i32 = scripts::PUSH
+        .arg(prefix)
+        .arg(ticket.job_id.to_string())
+        .arg(entry(ticket))
+        .arg(ticket.user_id)
+        .arg(ticket.lane.as_str())
+        .arg(&ticket.model)
+        .arg(ready)
+        .arg(now)
+        .invoke_async(redis)
+        .await?;
+    Ok(added == 1)
+}
+
 /// Gateway and worker handle on the dispatch queue; cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -154,6 +177,8 @@ pub struct Dispatcher {
     /// For connections of their own ([`Dispatcher::event_reader`]).
     pub(crate) client: redis::Client,
     pub(crate) config: Config,
+    /// Writes submitted jobs in batches ([`crate::submit`]).
+    submitter: Submitter,
 }
 
 impl Dispatcher {
@@ -165,11 +190,13 @@ impl Dispatcher {
     ) -> Result<Self, DispatchError> {
         let client = redis::Client::open(redis_url)?;
         let redis = connect_manager(&client).await?;
+        let submitter = Submitter::start(store.clone(), redis.clone(), config.prefix.clone());
         Ok(Self {
             store,
             redis,
             client,
             config,
+            submitter,
         })
     }
 
@@ -196,10 +223,15 @@ impl Dispatcher {
         &self.store
     }
 
-    /// Records the job in Postgres, then gives it a dispatch entry. If Redis fails after the
-    /// commit, the job stays queued and the reconciler dispatches it later; the error is
-    /// logged, not returned, because the job was accepted.
+    /// Records the job in Postgres, then gives it a dispatch entry. Jobs submitted at the
+    /// same time share one transaction. If Redis fails after the commit, the job stays
+    /// queued and the reconciler dispatches it later; the error is logged, not returned,
+    /// because the job was accepted.
     pub async fn submit(&self, job: &NewJob) -> Result<Enqueued, DispatchError> {
+        if let Some(outcome) = self.submitter.submit(job).await {
+            return outcome;
+        }
+        // The batch writer is gone (the runtime is shutting down): write it here.
         let enqueued = self.store.enqueue(job).await?;
         if let Err(error) = self.push(&enqueued.ticket).await {
             warn!(job = %enqueued.ticket.job_id, %error, "dispatch failed; reconciler will retry");
@@ -209,20 +241,7 @@ impl Dispatcher {
 
     /// Gives a queued job a dispatch entry unless it has one. Returns whether it was added.
     pub async fn push(&self, ticket: &Ticket) -> Result<bool, DispatchError> {
-        let now = Utc::now().timestamp_millis();
-        let ready = ticket.ready_at.map_or(0, |at| at.timestamp_millis());
-        let added: i32 = scripts::PUSH
-            .arg(&self.config.prefix)
-            .arg(ticket.job_id.to_string())
-            .arg(entry(ticket))
-            .arg(ticket.user_id)
-            .arg(ticket.lane.as_str())
-            .arg(&ticket.model)
-            .arg(ready)
-            .arg(now)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(added == 1)
+        push_entry(&mut self.redis.clone(), &self.config.prefix, ticket).await
     }
 
     /// Claims up to `worker.max_batch` jobs the worker can run, starting each in Postgres.

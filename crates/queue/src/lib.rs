@@ -16,6 +16,7 @@ mod events;
 mod notes;
 mod position;
 mod scripts;
+mod submit;
 
 pub use dispatch::{Claimed, Config, DispatchError, Dispatcher, Done, ReconcileReport, WorkerSpec};
 pub use events::{Delivery, EventReader, JobResult, Outcome, Progress, ResultImage, PROGRESS_KEPT};

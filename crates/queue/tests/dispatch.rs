@@ -213,3 +213,72 @@ async fn position_and_eta_follow_round_robin(pool: PgPool) {
     );
     common::flush(dispatcher.prefix()).await;
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn concurrent_submits_each_get_their_own_answer(pool: PgPool) {
+    let caps = Caps {
+        queued_per_user: 5,
+        ..caps()
+    };
+    let dispatcher = dispatcher(pool.clone(), caps, config()).await;
+    // Submitted together, these share transactions; every caller must still get the
+    // answer for its own job: 40 distinct jobs of 4 users (5 each fit), and every
+    // interaction submitted twice.
+    let mut tasks = Vec::new();
+    for n in 0..80i64 {
+        let dispatcher = dispatcher.clone();
+        let interaction = n % 40;
+        tasks.push(tokio::spawn(async move {
+            let outcome = dispatcher
+                .submit(&job(interaction % 4, interaction, Lane::Fast))
+                .await;
+            (interaction, outcome)
+        }));
+    }
+    let mut by_interaction: std::collections::HashMap<i64, Vec<uuid::Uuid>> = Default::default();
+    let mut refused = 0;
+    for task in tasks {
+        let (interaction, outcome) = task.await.unwrap();
+        match outcome {
+            Ok(enqueued) => {
+                assert_eq!(enqueued.ticket.user_id, interaction % 4);
+                by_interaction
+                    .entry(interaction)
+                    .or_default()
+                    .push(enqueued.ticket.job_id);
+            }
+            Err(error) => {
+                assert!(error.to_string().contains("jobs queued"), "{error}");
+                refused += 1;
+            }
+        }
+    }
+    for ids in by_interaction.values() {
+        assert!(
+            ids.windows(2).all(|w| w[0] == w[1]),
+            "one job per interaction"
+        );
+    }
+    assert_eq!(by_interaction.len(), 20, "5 jobs for each of 4 users");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 20);
+    assert!(refused >= 20);
+    // Every accepted job has its dispatch entry: all 20 can be claimed.
+    let spec = WorkerSpec {
+        max_batch: 64,
+        ..worker("w1")
+    };
+    let mut claimed = 0;
+    loop {
+        let got = dispatcher.claim(&spec).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        claimed += got.len();
+    }
+    assert_eq!(claimed, 20);
+    common::flush(dispatcher.prefix()).await;
+}

@@ -1,234 +1,206 @@
-//! Accepting a job: idempotency, bans, caps and the fast-lane reservation, in one
-//! transaction that holds the user's (and guild's) row lock.
+//! Accepting jobs: idempotency, bans, caps and the fast-lane reservation. The steps run in
+//! the server as one function call (`huaxian_enqueue`, migrations/0004) for a batch of jobs,
+//! under their users' (and guilds') row locks, so a batch costs one round trip and one
+//! commit.
 
-use chrono::{Duration, Utc};
-use sqlx::{Postgres, Transaction};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
 use tracing::debug;
 use uuid::Uuid;
 
 use crate::model::batch_key;
-use crate::quota::{lock_user_row, period_end, roll_locked};
+use crate::quota::{period_end, period_start};
 use crate::{Enqueued, Lane, NewJob, Refusal, Store, StoreError, Ticket};
+
+/// A job as `huaxian_enqueue` reads it from its JSON argument.
+#[derive(Serialize)]
+struct JobArgs<'a> {
+    item: usize,
+    id: Uuid,
+    kind: &'a str,
+    parent_id: Option<Uuid>,
+    image_index: Option<i16>,
+    action: Option<&'a str>,
+    spec: serde_json::Value,
+    model: &'a str,
+    lane: &'a str,
+    pixels: i64,
+    batch_key: String,
+    images: i32,
+    estimate_ms: i64,
+    interaction_id: i64,
+    part: i16,
+    user_id: i64,
+    guild_id: Option<i64>,
+    channel_id: i64,
+    inputs: &'a [String],
+    /// Banned words are stored lowercased; Rust's lowercasing is the one that counts.
+    prompt_lower: String,
+}
+
+/// One row of `huaxian_enqueue`: the job's index in the batch, the outcome, the ticket
+/// columns of the job (created or existing), and the figure or word a refusal names.
+type EnqueueRow = (
+    i32,
+    Option<String>,
+    Option<Uuid>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<i64>,
+    Option<String>,
+);
 
 impl Store {
     /// Records a job as queued, or returns the job the same interaction or button already
     /// made. The caller dispatches the returned ticket only after this returns, so the row
     /// always exists before its dispatch entry.
     pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let user = lock_user_row(&mut tx, job.user_id).await?;
-        let left_ms = match job.lane {
-            Lane::Fast => {
-                roll_locked(
-                    &mut tx,
-                    &self.caps,
-                    job.user_id,
-                    user.balance_ms,
-                    user.period,
-                )
-                .await?
-            }
-            Lane::Relax => 0,
-        };
-
-        let reserved_ms = match job.lane {
-            Lane::Fast => job.estimate_ms,
-            Lane::Relax => 0,
-        };
-        if user.banned || left_ms < reserved_ms {
-            if let Some(ticket) = existing(&mut tx, job).await? {
-                tx.commit().await?;
-                return Ok(Enqueued {
-                    ticket,
-                    created: false,
-                });
-            }
-            if user.banned {
-                return Err(Refusal::Banned.into());
-            }
-            // Keep the period grant roll_locked may have written.
-            tx.commit().await?;
-            return Err(Refusal::QuotaExhausted {
-                left_ms,
-                needed_ms: reserved_ms,
-                resets_at: period_end(&self.caps, Utc::now()),
-            }
-            .into());
-        }
-
-        // One statement inserts the job, reserves its cost and counts the user's other
-        // jobs (its snapshot is taken under the user's lock, and does not see the new row).
-        // A conflict means the interaction or the button already has a job, returned
-        // instead; a refusal below rolls everything back.
-        let id = Uuid::new_v4();
-        let spec = serde_json::to_value(&job.spec)?;
-        let pixels = i64::from(job.spec.width) * i64::from(job.spec.height);
-        let (parent_id, action) = match &job.parent {
-            Some((parent, action)) => (Some(*parent), Some(action.as_str())),
-            None => (None, None),
-        };
-        let today = Utc::now()
-            .date_naive()
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc());
-        let today = today.unwrap_or_else(Utc::now);
-        let (created, queued, recent, images): (Option<Uuid>, i64, i64, i64) = sqlx::query_as(
-            "WITH counts AS ( \
-                 SELECT COUNT(*) FILTER (WHERE state = 'queued') AS queued, \
-                        COUNT(*) FILTER (WHERE queued_at > now() - interval '1 minute') AS recent, \
-                        COALESCE(SUM(images) FILTER (WHERE queued_at >= $18 \
-                                 AND state NOT IN ('failed', 'cancelled')), 0)::BIGINT AS images \
-                 FROM jobs WHERE user_id = $15 \
-                   AND (state = 'queued' OR queued_at > now() - interval '1 minute' \
-                        OR queued_at >= $18)), \
-             created AS ( \
-                 INSERT INTO jobs (id, kind, parent_id, image_index, action, spec, model, lane, \
-                     pixels, batch_key, images, max_attempts, reserved_ms, interaction_id, \
-                     user_id, guild_id, channel_id, inputs, part) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                         $17, $19, $20) \
-                 ON CONFLICT DO NOTHING RETURNING id, reserved_ms), \
-             reserve AS ( \
-                 INSERT INTO quota_ledger (user_id, delta_ms, reason, job_id) \
-                 SELECT $15, -reserved_ms, 'reserve', id FROM created WHERE reserved_ms > 0), \
-             balance AS ( \
-                 UPDATE users SET fast_balance_ms = fast_balance_ms - created.reserved_ms \
-                 FROM created WHERE users.id = $15 AND created.reserved_ms > 0) \
-             SELECT (SELECT id FROM created), queued, recent, images FROM counts",
-        )
-        .bind(id)
-        .bind(job.kind.as_str())
-        .bind(parent_id)
-        .bind(job.image_index)
-        .bind(action)
-        .bind(spec)
-        .bind(&job.spec.model)
-        .bind(job.lane.as_str())
-        .bind(pixels)
-        .bind(batch_key(&job.spec))
-        .bind(job.images)
-        .bind(self.caps.max_attempts)
-        .bind(reserved_ms)
-        .bind(job.interaction_id)
-        .bind(job.user_id)
-        .bind(job.guild_id)
-        .bind(job.channel_id)
-        .bind(today)
-        .bind(&job.inputs)
-        .bind(job.part)
-        .fetch_one(&mut *tx)
-        .await?;
-        if created.is_none() {
-            let ticket = existing(&mut tx, job)
-                .await?
-                .ok_or(StoreError::NoSuchJob(id))?;
-            tx.commit().await?;
-            return Ok(Enqueued {
-                ticket,
-                created: false,
-            });
-        }
-
-        let caps = &self.caps;
-        if queued >= caps.queued_per_user {
-            return Err(Refusal::UserQueueFull(queued).into());
-        }
-        if recent >= caps.commands_per_minute {
-            return Err(Refusal::RateLimited(caps.commands_per_minute).into());
-        }
-        if images + i64::from(job.images) > caps.daily_images {
-            return Err(Refusal::DailyImages {
-                limit: caps.daily_images,
-                resets_at: today + Duration::days(1),
-            }
-            .into());
-        }
-        if let Some(guild_id) = job.guild_id {
-            self.check_guild(&mut tx, job, guild_id, id).await?;
-        }
-        tx.commit().await?;
-        debug!(job = %id, user = job.user_id, lane = job.lane.as_str(), "job queued");
-
-        Ok(Enqueued {
-            ticket: Ticket {
-                job_id: id,
-                user_id: job.user_id,
-                lane: job.lane,
-                model: job.spec.model.clone(),
-                pixels,
-                batch_key: batch_key(&job.spec),
-                ready_at: None,
-            },
-            created: true,
-        })
+        let mut outcomes = self.enqueue_batch(std::slice::from_ref(job)).await?;
+        outcomes
+            .pop()
+            .ok_or(StoreError::Outcome("no answer".into()))?
     }
 
-    async fn check_guild(
+    /// [`Store::enqueue`] for several jobs in one transaction: each gets its own outcome, in
+    /// the order given, and a refusal of one does not touch the others. Jobs of one user are
+    /// taken in the order given, each counting those before it. The outer error is for
+    /// failures of the whole batch (the database), when nothing was written.
+    pub async fn enqueue_batch(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
-        job: &NewJob,
-        guild_id: i64,
-        new_id: Uuid,
-    ) -> Result<(), StoreError> {
+        jobs: &[NewJob],
+    ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        let today = now
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .map_or(now, |t| t.and_utc());
+        let mut args = Vec::with_capacity(jobs.len());
+        for (item, job) in jobs.iter().enumerate() {
+            let (parent_id, action) = match &job.parent {
+                Some((parent, action)) => (Some(*parent), Some(action.as_str())),
+                None => (None, None),
+            };
+            args.push(JobArgs {
+                item,
+                id: Uuid::new_v4(),
+                kind: job.kind.as_str(),
+                parent_id,
+                image_index: job.image_index,
+                action,
+                spec: serde_json::to_value(&job.spec)?,
+                model: &job.spec.model,
+                lane: job.lane.as_str(),
+                pixels: i64::from(job.spec.width) * i64::from(job.spec.height),
+                batch_key: batch_key(&job.spec),
+                images: job.images,
+                estimate_ms: job.estimate_ms,
+                interaction_id: job.interaction_id,
+                part: job.part,
+                user_id: job.user_id,
+                guild_id: job.guild_id,
+                channel_id: job.channel_id,
+                inputs: &job.inputs,
+                prompt_lower: job.spec.raw.to_lowercase(),
+            });
+        }
         let caps = &self.caps;
-        sqlx::query("INSERT INTO guilds (id) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(guild_id)
-            .execute(&mut **tx)
-            .await?;
-        let (max_queued,): (Option<i32>,) =
-            sqlx::query_as("SELECT max_queued FROM guilds WHERE id = $1 FOR UPDATE")
-                .bind(guild_id)
-                .fetch_one(&mut **tx)
+        let rows: Vec<EnqueueRow> =
+            sqlx::query_as("SELECT * FROM huaxian_enqueue($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+                .bind(sqlx::types::Json(&args))
+                .bind(caps.max_attempts)
+                .bind(caps.queued_per_user)
+                .bind(caps.commands_per_minute)
+                .bind(caps.daily_images)
+                .bind(caps.queued_per_guild)
+                .bind(period_start(caps, now))
+                .bind(caps.fast_ms_per_period)
+                .bind(today)
+                .fetch_all(&self.pool)
                 .await?;
-        let max_queued = max_queued.map_or(caps.queued_per_guild, i64::from);
-        let guild_queued: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE guild_id = $1 AND state = 'queued' AND id <> $2",
-        )
-        .bind(guild_id)
-        .bind(new_id)
-        .fetch_one(&mut **tx)
-        .await?;
-        if guild_queued >= max_queued {
-            return Err(Refusal::GuildQueueFull(guild_queued).into());
-        }
 
-        let words: Vec<String> =
-            sqlx::query_scalar("SELECT word FROM banned_words WHERE guild_id = $1")
-                .bind(guild_id)
-                .fetch_all(&mut **tx)
-                .await?;
-        let text = job.spec.raw.to_lowercase();
-        if let Some(word) = words.into_iter().find(|w| text.contains(&w.to_lowercase())) {
-            return Err(Refusal::BannedWord(word).into());
+        let mut outcomes: Vec<Option<Result<Enqueued, StoreError>>> =
+            jobs.iter().map(|_| None).collect();
+        for row in rows {
+            let item = usize::try_from(row.0).unwrap_or(usize::MAX);
+            if let (Some(slot), Some(job)) = (outcomes.get_mut(item), jobs.get(item)) {
+                *slot = Some(outcome(job, row, now, today, caps));
+            }
         }
-        Ok(())
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(StoreError::Outcome("no answer".into()))))
+            .collect())
     }
 }
 
-/// The job this interaction part, or this button while its job is live, already made.
-async fn existing(
-    tx: &mut Transaction<'_, Postgres>,
+/// What one row of `huaxian_enqueue` means for `job`.
+fn outcome(
     job: &NewJob,
-) -> Result<Option<Ticket>, StoreError> {
-    let (parent_id, action) = match &job.parent {
-        Some((parent, action)) => (Some(*parent), Some(action.as_str())),
-        None => (None, None),
+    row: EnqueueRow,
+    now: DateTime<Utc>,
+    today: DateTime<Utc>,
+    caps: &crate::Caps,
+) -> Result<Enqueued, StoreError> {
+    let (_, outcome, job_id, user_id, lane, model, pixels, key, ready_at, amount, word) = row;
+    let outcome = outcome.unwrap_or_default();
+    let amount = amount.unwrap_or(0);
+    let refusal = match outcome.as_str() {
+        "created" | "existing" => {
+            let (Some(job_id), Some(user_id), Some(lane), Some(model), Some(pixels), Some(key)) =
+                (job_id, user_id, lane, model, pixels, key)
+            else {
+                return Err(StoreError::Outcome(format!("{outcome} without its job")));
+            };
+            let created = outcome == "created";
+            if created {
+                debug!(job = %job_id, user = user_id, lane = %lane, "job queued");
+            }
+            return Ok(Enqueued {
+                ticket: Ticket {
+                    job_id,
+                    user_id,
+                    lane: Lane::parse(&lane),
+                    model,
+                    pixels,
+                    batch_key: key,
+                    ready_at,
+                },
+                created,
+            });
+        }
+        "banned" => Refusal::Banned,
+        "quota" => Refusal::QuotaExhausted {
+            left_ms: amount,
+            needed_ms: job.estimate_ms,
+            resets_at: period_end(caps, now),
+        },
+        "user_queue" => Refusal::UserQueueFull(amount),
+        "rate" => Refusal::RateLimited(caps.commands_per_minute),
+        "daily" => Refusal::DailyImages {
+            limit: caps.daily_images,
+            resets_at: today + Duration::days(1),
+        },
+        "guild_queue" => Refusal::GuildQueueFull(amount),
+        "banned_word" => Refusal::BannedWord(word.unwrap_or_default()),
+        "conflict" => {
+            return Err(StoreError::Outcome(
+                "the interaction or button already has a job, which could not be read".into(),
+            ))
+        }
+        _ => {
+            return Err(StoreError::Outcome(format!(
+                "outcome {outcome:?}; is the schema from another release?"
+            )))
+        }
     };
-    let row: Option<TicketRow> = sqlx::query_as(
-        "SELECT id, user_id, lane, model, pixels, batch_key, retry_at FROM jobs \
-         WHERE (interaction_id = $1 AND part = $5) \
-            OR (parent_id = $2 AND action = $3 AND user_id = $4 \
-                AND state IN ('queued', 'running')) \
-         LIMIT 1",
-    )
-    .bind(job.interaction_id)
-    .bind(parent_id)
-    .bind(action)
-    .bind(job.user_id)
-    .bind(job.part)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.map(IntoTicket::into_ticket))
+    Err(refusal.into())
 }
 
 /// The columns of a job that make its [`Ticket`], in [`TicketRow`]'s order.

@@ -43,6 +43,10 @@ pub enum StoreError {
     Stale(uuid::Uuid),
     #[error("job {0} does not exist")]
     NoSuchJob(uuid::Uuid),
+    /// A stored function answered something this build cannot use: a bug, or a schema
+    /// from another release.
+    #[error("unexpected answer from the database: {0}")]
+    Outcome(String),
     // The causes below are shown in the message and not also kept as `source()`, so an
     // error chain printed whole does not say them twice.
     #[error("a stored job spec could not be read: {0}")]

@@ -3,17 +3,22 @@
 //!
 //! Invariants it keeps:
 //! - A job moves `queued → running → succeeded | failed | cancelled` (and `running → queued`
-//!   for a retry). Every transition is one guarded statement naming the state and the
-//!   attempt it expects; the attempt is raised by every start, so it fences stale workers:
-//!   a worker whose lease ran out can no longer renew, complete, fail or charge the job.
+//!   for a retry). Every transition names the state and the attempt it expects and writes
+//!   only if the row still has them: in one guarded statement, or (starting and completing
+//!   a claimed batch, in `huaxian_start` and `huaxian_complete`) by checking the locked row
+//!   in the transaction that writes it. The attempt is raised by every start, so it fences
+//!   stale workers: a worker whose lease ran out can no longer renew, complete, fail or
+//!   charge the job.
 //! - No job reaches a terminal state twice; terminal states have no way out.
 //! - Every movement of fast-lane time is a `quota_ledger` row written in the same
 //!   transaction as `users.fast_balance_ms`, so a balance always equals its ledger sum, and a
 //!   CHECK keeps it from going negative.
 //! - Caps are checked with the user's row (and the guild's) locked, so concurrent requests
 //!   are serialised per user and never pass a cap together.
-//! - An interaction id and part make at most one job; a button (parent job, action, user) has at most
-//!   one live job.
+//! - An interaction id and part make at most one job; a button (parent job, action, user) has
+//!   at most one live job.
+//! - Accepting, starting and completing jobs each cost one round trip: the steps run in
+//!   stored functions (migrations/0004), with the service's caps and clock as arguments.
 
 mod admin;
 mod complete;
@@ -143,5 +148,61 @@ impl Store {
     /// The caps this store enforces.
     pub fn caps(&self) -> &Caps {
         &self.caps
+    }
+}
+
+/// `url` with its database name replaced by `database`, keeping everything else: user,
+/// password, server and the query (`sslmode` and the like). For tools that make a database
+/// of their own on a server they were given.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    // The database is the path after the authority; a URL may also have none.
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{root}/{database}?{query}"),
+        None => format!("{root}/{database}"),
+    }
+}
+
+/// The database name in a `postgres://` URL, if it names one.
+pub fn database_name(url: &str) -> Option<&str> {
+    let base = url.split_once('?').map_or(url, |(base, _)| base);
+    let after = base.find("://").map_or(base, |i| &base[i + 3..]);
+    after
+        .split_once('/')
+        .map(|(_, name)| name)
+        .filter(|name| !name.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{database_name, with_database};
+
+    #[test]
+    fn database_urls_keep_their_server_and_query() {
+        assert_eq!(
+            with_database("postgres://u:p@db:5432/postgres", "t1"),
+            "postgres://u:p@db:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://u@db/postgres?sslmode=disable", "t1"),
+            "postgres://u@db/t1?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://db:5432", "t1"),
+            "postgres://db:5432/t1"
+        );
+        assert_eq!(
+            database_name("postgres://u@db/t1?sslmode=require"),
+            Some("t1")
+        );
+        assert_eq!(database_name("postgres://u@db"), None);
     }
 }

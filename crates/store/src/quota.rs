@@ -41,58 +41,30 @@ pub(crate) async fn post(
     reason: &str,
     job_id: Option<Uuid>,
 ) -> Result<i64, StoreError> {
-    let balance: i64 = sqlx::query_scalar(
-        "WITH entry AS (INSERT INTO quota_ledger (user_id, delta_ms, reason, job_id) \
-                        VALUES ($1, $2, $3, $4)) \
-         UPDATE users SET fast_balance_ms = fast_balance_ms + $2 WHERE id = $1 \
-         RETURNING fast_balance_ms",
-    )
-    .bind(user_id)
-    .bind(delta_ms)
-    .bind(reason)
-    .bind(job_id)
-    .fetch_one(&mut **tx)
-    .await?;
+    let balance: i64 = sqlx::query_scalar("SELECT huaxian_post($1, $2, $3, $4)")
+        .bind(user_id)
+        .bind(delta_ms)
+        .bind(reason)
+        .bind(job_id)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(balance)
 }
 
 /// Brings the user into the current period: what is left of the old grant expires and the
-/// new grant is posted. Returns the balance.
+/// new grant is posted. Returns the balance. The caller holds the user's row lock.
 pub(crate) async fn roll_period(
     tx: &mut Transaction<'_, Postgres>,
     caps: &Caps,
     user_id: i64,
 ) -> Result<i64, StoreError> {
-    let (balance, period): (i64, Option<DateTime<Utc>>) =
-        sqlx::query_as("SELECT fast_balance_ms, quota_period FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_one(&mut **tx)
-            .await?;
-    roll_locked(tx, caps, user_id, balance, period).await
-}
-
-/// [`roll_period`] for a user row the caller already read under its lock.
-pub(crate) async fn roll_locked(
-    tx: &mut Transaction<'_, Postgres>,
-    caps: &Caps,
-    user_id: i64,
-    balance: i64,
-    period: Option<DateTime<Utc>>,
-) -> Result<i64, StoreError> {
-    let current = period_start(caps, Utc::now());
-    if period == Some(current) {
-        return Ok(balance);
-    }
-
-    if balance > 0 {
-        post(tx, user_id, -balance, "period_expire", None).await?;
-    }
-    sqlx::query("UPDATE users SET quota_period = $2 WHERE id = $1")
+    let balance: i64 = sqlx::query_scalar("SELECT huaxian_roll_period($1, $2, $3)")
         .bind(user_id)
-        .bind(current)
-        .execute(&mut **tx)
+        .bind(period_start(caps, Utc::now()))
+        .bind(caps.fast_ms_per_period)
+        .fetch_one(&mut **tx)
         .await?;
-    post(tx, user_id, caps.fast_ms_per_period, "period_grant", None).await
+    Ok(balance)
 }
 
 /// Gives back a job's reservation, once (a unique index on the ledger enforces it).
@@ -129,37 +101,18 @@ impl Store {
     }
 }
 
-/// The user's row as a transaction locked it.
-pub(crate) struct LockedUser {
-    pub banned: bool,
-    pub balance_ms: i64,
-    pub period: Option<DateTime<Utc>>,
-}
-
-/// Creates the user's row if needed and locks it for the transaction, in one statement.
-pub(crate) async fn lock_user_row(
-    tx: &mut Transaction<'_, Postgres>,
-    user_id: i64,
-) -> Result<LockedUser, StoreError> {
-    let (banned, balance_ms, period) = sqlx::query_as(
-        "INSERT INTO users (id) VALUES ($1) \
-         ON CONFLICT (id) DO UPDATE SET banned = users.banned \
-         RETURNING banned, fast_balance_ms, quota_period",
-    )
-    .bind(user_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(LockedUser {
-        banned,
-        balance_ms,
-        period,
-    })
-}
-
 /// Creates the user's row if needed and locks it for the transaction; returns `banned`.
 pub(crate) async fn lock_user(
     tx: &mut Transaction<'_, Postgres>,
     user_id: i64,
 ) -> Result<bool, StoreError> {
-    Ok(lock_user_row(tx, user_id).await?.banned)
+    let banned = sqlx::query_scalar(
+        "INSERT INTO users (id) VALUES ($1) \
+         ON CONFLICT (id) DO UPDATE SET banned = users.banned \
+         RETURNING banned",
+    )
+    .bind(user_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(banned)
 }

@@ -21,10 +21,7 @@ pub async fn database_url(pool: &PgPool) -> String {
         .expect("the test database answers");
     let base = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let root = base
-        .rsplit_once('/')
-        .map_or(base.as_str(), |(root, _)| root);
-    format!("{root}/{name}")
+    huaxian_store::with_database(&base, &name)
 }
 
 /// Deletes every key under `prefix`: what a FLUSHALL does to one test's dispatch, without
@@ -56,10 +53,7 @@ pub async fn scratch_database(name_prefix: &str) -> Result<String, sqlx::Error> 
     admin
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
-    let root = base
-        .rsplit_once('/')
-        .map_or(base.as_str(), |(root, _)| root);
-    Ok(format!("{root}/{name}"))
+    Ok(huaxian_store::with_database(&base, &name))
 }
 
 /// Drops a database [`scratch_database`] made, closing its connections.
@@ -68,7 +62,9 @@ pub async fn drop_database(url: &str) -> Result<(), sqlx::Error> {
 
     let base = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = url.rsplit_once('/').map_or(url, |(_, name)| name);
+    let Some(name) = huaxian_store::database_name(url) else {
+        return Ok(());
+    };
     let mut admin = sqlx::PgConnection::connect(&base).await?;
     admin
         .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())

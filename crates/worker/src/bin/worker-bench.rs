@@ -217,10 +217,7 @@ where
     admin
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
-    let root = args
-        .database_url
-        .rsplit_once('/')
-        .map_or(args.database_url.as_str(), |(root, _)| root);
+    let url = huaxian_store::with_database(&args.database_url, &name);
     let prefix = format!("wbench-{}", uuid::Uuid::new_v4().simple());
     let blobs_dir = tempfile::tempdir()?;
 
@@ -230,7 +227,7 @@ where
             fast_ms_per_period: i64::MAX / 4,
             ..Caps::default()
         };
-        let store = Store::connect(&format!("{root}/{name}"), 8, caps).await?;
+        let store = Store::connect(&url, 8, caps).await?;
         let config = Config {
             prefix: prefix.clone(),
             lease: Duration::from_secs(600),
