@@ -27,8 +27,9 @@ struct Args {
     #[arg(long, default_value_t = 20_000)]
     jobs: usize,
     /// Concurrent submitters in the throughput run, each submitting its next job when the
-    /// last is accepted (a closed loop); ignored with `--rate`.
-    #[arg(long, default_value_t = 16)]
+    /// last is accepted (a closed loop); ignored with `--rate`. The gateway submits each
+    /// interaction from a task of its own, so this stands for the requests in flight.
+    #[arg(long, default_value_t = 64)]
     submitters: usize,
     /// Offer jobs at this many per second instead, each in a task of its own as Discord
     /// interactions arrive (an open loop), and report the submit latency under that load.
