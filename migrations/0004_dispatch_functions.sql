@@ -47,7 +47,9 @@ DECLARE
 BEGIN
     SELECT fast_balance_ms, quota_period INTO v_balance, v_period
     FROM users WHERE id = p_user_id;
-    IF v_period IS NOT DISTINCT FROM p_period THEN
+    -- Periods only move forward: a caller that read the clock before waiting for the lock
+    -- may bring an older period than another caller already rolled the user into.
+    IF v_period >= p_period THEN
         RETURN v_balance;
     END IF;
     IF v_balance > 0 THEN
@@ -129,7 +131,7 @@ BEGIN
         FROM users WHERE id = j.user_id;
         v_reserved := 0;
         IF NOT v_banned AND j.lane = 'fast' THEN
-            IF v_period IS DISTINCT FROM p_period THEN
+            IF v_period IS NULL OR v_period < p_period THEN
                 v_left := huaxian_roll_period(j.user_id, p_period, p_grant_ms);
             END IF;
             v_reserved := j.estimate_ms;
@@ -251,6 +253,9 @@ DECLARE
     u          INTEGER;
     g          INTEGER;
 BEGIN
+    -- The lock is NO KEY UPDATE, the one an UPDATE takes, so that a row in another state
+    -- (a finished parent, named by a stale entry) never blocks the foreign-key check of an
+    -- enqueue inserting its child while that enqueue holds a user this call waits for.
     -- Rows are found by id alone and their state is checked here, under the lock: a
     -- state condition in the query would let the planner scan the partial index of every
     -- queued job, which it prefers whenever its statistics were taken while the queue was
@@ -258,7 +263,7 @@ BEGIN
     FOR w IN
         SELECT id, user_id, guild_id, attempt, state, retry_at FROM jobs
         WHERE id = ANY(p_ids)
-        ORDER BY id FOR UPDATE
+        ORDER BY id FOR NO KEY UPDATE
     LOOP
         CONTINUE WHEN w.state <> 'queued' OR w.retry_at > now();
         w_ids := array_append(w_ids, w.id);
@@ -355,7 +360,7 @@ BEGIN
     FOR h IN
         SELECT id, user_id, lane, reserved_ms, state, worker_id, attempt FROM jobs
         WHERE id = ANY(p_ids)
-        ORDER BY id FOR UPDATE
+        ORDER BY id FOR NO KEY UPDATE
     LOOP
         CONTINUE WHEN h.state <> 'running' OR h.worker_id IS DISTINCT FROM p_worker
                       OR h.attempt <> p_attempts[array_position(p_ids, h.id)];

@@ -144,3 +144,95 @@ async fn batches_sharing_users_and_guilds_neither_deadlock_nor_pass_caps(pool: P
     assert_eq!(created, 35);
     assert_ledger(&pool).await;
 }
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_late_request_never_rolls_a_user_back_a_period(pool: PgPool) {
+    let store = store(pool.clone(), caps());
+    store.enqueue(&job(1, 1)).await.unwrap();
+    // Another process, whose clock already reads the next period, rolled the user into it
+    // while this one waited for the lock.
+    sqlx::query("UPDATE users SET quota_period = quota_period + interval '30 days' WHERE id = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    store.enqueue(&job(1, 2)).await.unwrap();
+    let (grants, expiries): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE reason = 'period_grant'), \
+                COUNT(*) FILTER (WHERE reason = 'period_expire') FROM quota_ledger",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((grants, expiries), (1, 0));
+    assert_ledger(&pool).await;
+}
+
+/// One job of `user` for `huaxian_enqueue`'s JSON argument.
+fn job_args(user: i64, interaction: i64, parent: Option<uuid::Uuid>) -> serde_json::Value {
+    serde_json::json!({
+        "item": 0, "id": uuid::Uuid::new_v4(), "kind": if parent.is_some() { "upscale" } else { "imagine" },
+        "parent_id": parent, "image_index": parent.map(|_| 1), "action": parent.map(|_| "upscale:1"),
+        "spec": {}, "model": "sd15", "lane": "fast", "pixels": 262144, "batch_key": "k",
+        "images": 1, "estimate_ms": 1000, "interaction_id": interaction, "part": 0,
+        "user_id": user, "guild_id": null, "channel_id": 1, "inputs": [], "prompt_lower": "a",
+    })
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_stale_completion_does_not_block_an_upscale_of_its_finished_job(pool: PgPool) {
+    let store = store(pool.clone(), caps());
+    let lease = chrono::Duration::seconds(30);
+    let finish = |job_id, attempt| huaxian_store::Finished {
+        job_id,
+        attempt,
+        measured_ms: 500,
+        images: Vec::new(),
+        grid_key: None,
+        final_prompt: None,
+    };
+    // P: user 5's finished grid. Q: user 3's job, running on worker w.
+    let p = store.enqueue(&job(5, 1)).await.unwrap().ticket.job_id;
+    store.start(p, "w", lease).await.unwrap();
+    store.complete_batch("w", &[finish(p, 1)]).await.unwrap();
+    let q = store.enqueue(&job(3, 2)).await.unwrap().ticket.job_id;
+    store.start(q, "w", lease).await.unwrap();
+
+    // An enqueue for user 3 holds the user's lock in an open transaction...
+    let mut enqueue = pool.begin().await.unwrap();
+    let call = "SELECT outcome FROM huaxian_enqueue($1, 3, 1000, 1000, 100000, 1000, \
+                date_trunc('month', now()), 3600000, date_trunc('day', now()))";
+    let first: String = sqlx::query_scalar(call)
+        .bind(serde_json::json!([job_args(3, 10, None)]))
+        .fetch_one(&mut *enqueue)
+        .await
+        .unwrap();
+    assert_eq!(first, "created");
+    // ...while a stale report naming P (finished) and Q locks both jobs and waits for user 3.
+    let completing = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .complete_batch("w", &[finish(p, 1), finish(q, 1)])
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The enqueue goes on to insert an upscale of P, whose foreign key reads P's row: it
+    // must not wait for the completion, which waits for it.
+    let second: String = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        sqlx::query_scalar(call)
+            .bind(serde_json::json!([job_args(3, 11, Some(p))]))
+            .fetch_one(&mut *enqueue),
+    )
+    .await
+    .expect("the enqueue is not blocked")
+    .expect("no deadlock");
+    assert_eq!(second, "created");
+    enqueue.commit().await.unwrap();
+
+    let outcomes = completing.await.unwrap().unwrap();
+    assert!(matches!(outcomes[0], Err(StoreError::Stale(_))));
+    assert!(outcomes[1].is_ok());
+    assert_ledger(&pool).await;
+}
