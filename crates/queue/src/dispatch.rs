@@ -168,6 +168,15 @@ pub(crate) async fn push_entry(
     Ok(added == 1)
 }
 
+/// Gives an accepted job its dispatch entry. If Redis fails after the commit, the job stays
+/// queued and the reconciler dispatches it later; the error is logged, not returned,
+/// because the job was accepted.
+pub(crate) async fn push_accepted(redis: &mut ConnectionManager, prefix: &str, ticket: &Ticket) {
+    if let Err(error) = push_entry(redis, prefix, ticket).await {
+        warn!(job = %ticket.job_id, %error, "dispatch failed; reconciler will retry");
+    }
+}
+
 /// Gateway and worker handle on the dispatch queue; cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -233,9 +242,12 @@ impl Dispatcher {
         }
         // The batch writer is gone (the runtime is shutting down): write it here.
         let enqueued = self.store.enqueue(job).await?;
-        if let Err(error) = self.push(&enqueued.ticket).await {
-            warn!(job = %enqueued.ticket.job_id, %error, "dispatch failed; reconciler will retry");
-        }
+        push_accepted(
+            &mut self.redis.clone(),
+            &self.config.prefix,
+            &enqueued.ticket,
+        )
+        .await;
         Ok(enqueued)
     }
 

@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-use huaxian_store::{Enqueued, NewJob, Store, Ticket};
+use huaxian_store::{Enqueued, NewJob, Store};
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::warn;
 
-use crate::dispatch::{push_entry, DispatchError};
+use crate::dispatch::{push_accepted, DispatchError};
 
 /// Most jobs in one transaction: enough to spread its fixed cost, few enough that the locks
 /// it holds (one row per user in it) are released soon.
@@ -114,7 +114,7 @@ impl Writer {
         // out together.
         let pushes = outcomes.iter().map(|outcome| async move {
             if let Ok(enqueued) = outcome {
-                self.push(&enqueued.ticket).await;
+                push_accepted(&mut self.redis.clone(), &self.prefix, &enqueued.ticket).await;
             }
         });
         futures_util::future::join_all(pushes).await;
@@ -122,14 +122,6 @@ impl Writer {
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // A caller that stopped waiting has its job written all the same.
             let _ = reply.send(outcome.map_err(DispatchError::from));
-        }
-    }
-
-    /// If Redis fails after the commit, the job stays queued and the reconciler dispatches
-    /// it later; the error is logged, not returned, because the job was accepted.
-    async fn push(&self, ticket: &Ticket) {
-        if let Err(error) = push_entry(&mut self.redis.clone(), &self.prefix, ticket).await {
-            warn!(job = %ticket.job_id, %error, "dispatch failed; reconciler will retry");
         }
     }
 }
