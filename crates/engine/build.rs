@@ -1,7 +1,9 @@
 //! Give the engine's own tests an rpath to the build-time libtorch, so `cargo test` runs
-//! without LD_LIBRARY_PATH.
+//! without LD_LIBRARY_PATH, and export the MKL dispatch override (`src/cpu.rs`) from them as
+//! the binaries do.
 
 fn main() {
+    println!("cargo:rustc-link-arg=-Wl,--export-dynamic-symbol=mkl_serv_intel_cpu_true");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");

@@ -4,10 +4,14 @@
 //! of ours references it directly; CUDA then reports as unavailable at run time. Linking it
 //! with `--no-as-needed` keeps it. An rpath to the build-time libtorch lets the binary run
 //! here without LD_LIBRARY_PATH; elsewhere LD_LIBRARY_PATH, searched first, takes over.
+//!
+//! The binary also exports the engine's MKL dispatch override (`huaxian_engine::cpu`), so that
+//! libtorch's MKL calls it instead of its own vendor check.
 
 use std::path::PathBuf;
 
 fn main() {
+    println!("cargo:rustc-link-arg=-Wl,--export-dynamic-symbol=mkl_serv_intel_cpu_true");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;

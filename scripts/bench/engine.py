@@ -7,6 +7,10 @@ targets (huaxian at most 0.9x diffusers' time and 0.8x its memory on CPU).
 
     python scripts/bench/engine.py            # CPU: 256x256, 4 images, 10 steps
     python scripts/bench/engine.py --gpu      # CUDA fp16: 512x512, 4 images, 30 steps
+    python scripts/bench/engine.py --stock-mkl  # also huaxian with MKL's own kernel choice
+
+huaxian lets MKL pick its matrix kernels by CPU features, where MKL alone picks by vendor
+(see crates/engine/src/cpu.rs); `--stock-mkl` adds a row without that, to show its share.
 """
 
 import argparse
@@ -40,6 +44,8 @@ def main():
     parser.add_argument("--huaxian", default=str(ROOT / "target/release/huaxian"))
     parser.add_argument("--runs", type=int, default=3,
                         help="runs of each side, alternating; the median is reported")
+    parser.add_argument("--stock-mkl", action="store_true",
+                        help="also time huaxian with MKL choosing kernels by CPU vendor")
     args = parser.parse_args()
 
     subprocess.run([sys.executable, str(ROOT / "scripts/bench/make_sd15.py"), args.model], check=True)
@@ -60,28 +66,33 @@ def main():
         sys.executable, str(ROOT / "scripts/bench/diffusers_generate.py"), args.model,
         str(out / "diffusers"), device, dtype, str(size), str(count), str(steps)]
 
-    # Shared machines drift: alternate the two sides and report medians, with every run
-    # printed so the spread is visible.
-    ours_runs, theirs_runs = [], []
+    # Shared machines drift: alternate the sides and report medians, with every run printed
+    # so the spread is visible.
+    sides = [("huaxian", ours_argv, env), ("diffusers", theirs_argv, env)]
+    if args.stock_mkl:
+        stock_env = dict(env, HUAXIAN_MKL_STOCK_DISPATCH="1")
+        sides.append(("huaxian (stock MKL)", ours_argv, stock_env))
+    runs = {label: [] for label, _, _ in sides}
     for i in range(args.runs):
-        ours_runs.append(run("huaxian", ours_argv, env))
-        theirs_runs.append(run("diffusers", theirs_argv, env))
-        print(f"run {i + 1}: huaxian {ours_runs[-1][0]:.1f} s {ours_runs[-1][1]:.2f} GiB, "
-              f"diffusers {theirs_runs[-1][0]:.1f} s {theirs_runs[-1][1]:.2f} GiB", flush=True)
-    ours = (statistics.median(r[0] for r in ours_runs), statistics.median(r[1] for r in ours_runs))
-    theirs = (statistics.median(r[0] for r in theirs_runs),
-              statistics.median(r[1] for r in theirs_runs))
+        for label, argv, side_env in sides:
+            runs[label].append(run(label, argv, side_env))
+        print(f"run {i + 1}: " + ", ".join(
+            f"{label} {r[-1][0]:.1f} s {r[-1][1]:.2f} GiB" for label, r in runs.items()),
+            flush=True)
+    medians = {label: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+               for label, rs in runs.items()}
+    ours, theirs = medians["huaxian"], medians["diffusers"]
 
     target_time, target_rss = (0.8, None) if args.gpu else (0.9, 0.8)
     print()
     print(f"setting: {device} {dtype}, {size}x{size}, {count} images, {steps} DDIM steps, "
           f"CFG 7, {args.threads} threads")
     print(f"medians of {args.runs} alternating runs")
-    print(f"{'':10} {'wall s':>8} {'peak RSS GiB':>13}")
-    print(f"{'huaxian':10} {ours[0]:8.1f} {ours[1]:13.2f}")
-    print(f"{'diffusers':10} {theirs[0]:8.1f} {theirs[1]:13.2f}")
+    print(f"{'':20} {'wall s':>8} {'peak RSS GiB':>13}")
+    for label, (wall, rss) in medians.items():
+        print(f"{label:20} {wall:8.1f} {rss:13.2f}")
     time_ratio, rss_ratio = ours[0] / theirs[0], ours[1] / theirs[1]
-    print(f"{'ratio':10} {time_ratio:8.2f} {rss_ratio:13.2f}")
+    print(f"{'huaxian / diffusers':20} {time_ratio:8.2f} {rss_ratio:13.2f}")
     verdict = "met" if time_ratio <= target_time else "MISSED"
     print(f"time target <= {target_time}x: {verdict}")
     if target_rss is not None:

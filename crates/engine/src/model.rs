@@ -109,6 +109,12 @@ impl StableDiffusion {
             seconds = format!("{:.2}", model.load_seconds),
             "model loaded"
         );
+        if model.device == Device::Cpu {
+            tracing::info!(
+                mkl_by_features = crate::cpu::mkl_override_active(),
+                "CPU matrix kernels: MKL chooses by CPU features when true, by vendor when false"
+            );
+        }
         Ok(model)
     }
 
@@ -182,7 +188,7 @@ fn load_folder(dir: &Path, options: &LoadOptions) -> Result<StableDiffusion> {
     let unet_file = weight_file(&unet_dir, "diffusion_pytorch_model", options.kind)?;
     let hash = short_hash(&unet_file)?;
     let unet = {
-        let weights = Weights::open(&unet_file, options.kind, options.device)?;
+        let weights = Weights::open(&unet_file, options.kind, options.device)?.keeping_half();
         UNet::load(unet_config, &weights)?
     };
 
@@ -287,7 +293,9 @@ fn load_single_file(path: &Path, options: &LoadOptions) -> Result<StableDiffusio
     )?;
     let unet = UNet::load(
         unet_config,
-        &Weights::from_files(files()?, options.kind, options.device).with_aliases(unet_aliases),
+        &Weights::from_files(files()?, options.kind, options.device)
+            .with_aliases(unet_aliases)
+            .keeping_half(),
     )?;
     let vae_kind = vae_kind(&vae_config, options.kind);
     let vae = Vae::load(

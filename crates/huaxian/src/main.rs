@@ -36,7 +36,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    huaxian_engine::tune_allocator();
+    huaxian_engine::cpu::tune_process();
     let cli = Cli::parse();
     // Services log what operators follow (jobs started and finished); the one-shot command
     // keeps the terminal for its progress bar.

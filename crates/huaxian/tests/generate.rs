@@ -373,3 +373,46 @@ fn expand_prints_the_continued_prompt_and_is_seeded() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("/nonexistent/gpt2/config.json"), "{stderr}");
 }
+
+#[test]
+fn mkl_picks_kernels_by_cpu_features_and_the_stock_choice_renders_the_same() {
+    let render = |stock: bool| {
+        let out = tempfile::tempdir().expect("tempdir");
+        let dir = out.path().display().to_string();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_huaxian"));
+        command.env("RUST_LOG", "huaxian_engine=info");
+        command.env_remove(huaxian_engine::cpu::STOCK_MKL_DISPATCH_ENV);
+        if stock {
+            command.env(huaxian_engine::cpu::STOCK_MKL_DISPATCH_ENV, "1");
+        }
+        let result = command
+            .args(["generate", "--model", &sd1(), "--prompt", "a paper crane"])
+            .args([
+                "--seed", "5", "--steps", "2", "--width", "64", "--height", "64",
+            ])
+            .args(["--out", &dir])
+            .output()
+            .expect("runs");
+        let log = String::from_utf8_lossy(&result.stderr).into_owned();
+        assert!(result.status.success(), "{log}");
+        let image = image::open(out.path().join("image-0.png"))
+            .expect("image")
+            .to_rgb8();
+        (log, image)
+    };
+    let (log, features) = render(false);
+    assert!(log.contains("mkl_by_features=true"), "{log}");
+    let (log, stock) = render(true);
+    assert!(log.contains("mkl_by_features=false"), "{log}");
+
+    // Both are float32 products; only their rounding may differ.
+    let diffs: Vec<f64> = features
+        .as_raw()
+        .iter()
+        .zip(stock.as_raw())
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+        .collect();
+    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    let max = diffs.iter().cloned().fold(0.0, f64::max);
+    assert!(mean <= 0.5 && max <= 3.0, "mean {mean}, max {max}");
+}
