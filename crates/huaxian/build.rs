@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rustc-link-arg=-Wl,--export-dynamic-symbol=mkl_serv_intel_cpu_true");
+    export_mkl_override();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
@@ -24,3 +24,5 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=-Wl,--as-needed");
     }
 }
+
+include!("../engine/mkl_export.rs");

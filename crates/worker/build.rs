@@ -2,5 +2,7 @@
 //! benchmark binary and tests, as the `huaxian` binary does.
 
 fn main() {
-    println!("cargo:rustc-link-arg=-Wl,--export-dynamic-symbol=mkl_serv_intel_cpu_true");
+    export_mkl_override();
 }
+
+include!("../engine/mkl_export.rs");

@@ -53,7 +53,10 @@ def main():
         device, dtype, size, count, steps = "cuda", "f16", 512, 4, 30
     else:
         device, dtype, size, count, steps = "cpu", "f32", 256, 4, 10
+    if args.stock_mkl and args.gpu:
+        sys.exit("--stock-mkl compares CPU kernels; leave it out with --gpu")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env.pop("HUAXIAN_MKL_STOCK_DISPATCH", None)
     out = ROOT / "bench-out"
 
     ours_argv = [

@@ -110,10 +110,14 @@ impl StableDiffusion {
             "model loaded"
         );
         if model.device == Device::Cpu {
-            tracing::info!(
-                mkl_by_features = crate::cpu::mkl_override_active(),
-                "CPU matrix kernels: MKL chooses by CPU features when true, by vendor when false"
-            );
+            if let Some(level) = crate::cpu::mkl_dispatch_level() {
+                tracing::info!(
+                    mkl_by_features = crate::cpu::mkl_override_active(),
+                    mkl_level = level,
+                    "CPU matrix kernels: MKL chooses by CPU features when true, as it would \
+                     on its own when false"
+                );
+            }
         }
         Ok(model)
     }

@@ -415,3 +415,28 @@ fn prompts_encoded_before_releasing_the_text_encoder_render_the_same() {
     let message = again.err().expect("no text encoder").to_string();
     assert!(message.contains("text encoder was released"), "{message}");
 }
+
+#[test]
+fn a_unet_kept_in_half_precision_computes_exactly_what_the_widened_one_does() {
+    use huaxian_engine::models::config::read_json;
+    use huaxian_engine::models::unet::{UNet, UNetConfig};
+    use huaxian_engine::weights::Weights;
+    use tch::{Device, Kind};
+
+    let dir = fixtures().join("models/sd2/unet");
+    let file = dir.join("diffusion_pytorch_model.fp16.safetensors");
+    let config = || read_json::<UNetConfig>(&dir.join("config.json")).expect("config");
+    let open = || Weights::open(&file, Kind::Float, Device::Cpu).expect("weights");
+    let widened = UNet::load(config(), &open()).expect("f32 UNet");
+    let half = UNet::load(config(), &open().keeping_half()).expect("half UNet");
+
+    let _no_grad = tch::no_grad_guard();
+    tch::manual_seed(3);
+    let sample = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu));
+    let context_width = config().cross_attention_dim;
+    let context = Tensor::randn([2, 77, context_width], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[500f32, 20.0]);
+    let a = widened.forward(&sample, &t, &context);
+    let b = half.forward(&sample, &t, &context);
+    assert!(a.equal(&b), "max difference {:?}", (a - b).abs().max());
+}

@@ -36,8 +36,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    huaxian_engine::cpu::tune_process();
     let cli = Cli::parse();
+    // Only the commands that run libtorch; the services without it keep glibc's defaults.
+    if matches!(
+        cli.command,
+        Command::Generate(_) | Command::Worker(_) | Command::Expand(_)
+    ) {
+        huaxian_engine::cpu::tune_process();
+    }
     // Services log what operators follow (jobs started and finished); the one-shot command
     // keeps the terminal for its progress bar.
     let default_filter = match cli.command {
